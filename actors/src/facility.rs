@@ -1,0 +1,1010 @@
+//! The `Facility` actor: one per hospital or clinic, the single writer of its wards and beds.
+//!
+//! The state machine is plain data and functions ([`Facility`], [`decide_bed_change`], [`apply`]),
+//! tested without a runtime. The actor around it commits each change (projection rows, event,
+//! audit entry, periodic snapshot) in one transaction before it answers and only then installs the
+//! new state. Its handlers are atomic (the next message waits until the commit is done), and a
+//! panic anywhere in a handler is caught: the caller gets [`ActorError::Crashed`], the actor stops
+//! and its supervisor restarts it, which rebuilds the state from snapshot + later events.
+
+use std::panic::AssertUnwindSafe;
+
+use actix::prelude::*;
+use chrono::{DateTime, SubsecRound, Utc};
+use futures_util::FutureExt;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sqlx::{PgConnection, PgPool, Row};
+use tracing::{error, info, info_span, warn, Instrument};
+use uuid::Uuid;
+
+use crate::audit::AuditRecord;
+use crate::domain::{Caller, GeoPoint, TenantSlug};
+use crate::error::ActorError;
+use crate::metrics::ActorMetrics;
+use crate::store::{self, Committed, EventDraft};
+use crate::topics;
+
+pub const ACTOR: &str = "facility";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BedStatus {
+    Free,
+    Occupied,
+    Cleaning,
+    OutOfService,
+}
+
+impl BedStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BedStatus::Free => "free",
+            BedStatus::Occupied => "occupied",
+            BedStatus::Cleaning => "cleaning",
+            BedStatus::OutOfService => "out_of_service",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<BedStatus> {
+        [BedStatus::Free, BedStatus::Occupied, BedStatus::Cleaning, BedStatus::OutOfService]
+            .into_iter()
+            .find(|status| status.as_str() == value)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FacilityKind {
+    Hospital,
+    Clinic,
+    HealthCentre,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WardKind {
+    Emergency,
+    Icu,
+    General,
+    Maternity,
+    Paediatric,
+    Surgical,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Bed {
+    pub id: Uuid,
+    pub label: String,
+    pub status: BedStatus,
+    pub patient_id: Option<Uuid>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ward {
+    pub id: Uuid,
+    pub name: String,
+    pub kind: WardKind,
+    pub beds: Vec<Bed>,
+}
+
+/// A facility as its actor holds it and as `GET /api/facilities/{id}` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Facility {
+    pub id: Uuid,
+    pub name: String,
+    pub kind: FacilityKind,
+    pub location: GeoPoint,
+    pub timezone: String,
+    /// The facility's stream version: the number of events it has committed.
+    pub version: i64,
+    pub wards: Vec<Ward>,
+}
+
+impl Facility {
+    fn bed(&self, bed_id: Uuid) -> Option<(&Ward, &Bed)> {
+        self.wards
+            .iter()
+            .find_map(|ward| ward.beds.iter().find(|bed| bed.id == bed_id).map(|bed| (ward, bed)))
+    }
+}
+
+/// A validated ward to add: a name, a kind and 0..=500 unique bed labels.
+#[derive(Debug, Clone)]
+pub struct NewWard {
+    pub name: String,
+    pub kind: WardKind,
+    pub beds: Vec<String>,
+}
+
+impl NewWard {
+    pub fn new(name: &str, kind: WardKind, beds: Vec<String>) -> Result<NewWard, ActorError> {
+        let name = non_empty("name", name, 120)?;
+        if beds.len() > 500 {
+            return Err(invalid("beds", "a ward holds at most 500 beds"));
+        }
+        let mut labels = Vec::with_capacity(beds.len());
+        for label in beds {
+            let label = non_empty("beds", &label, 40)?;
+            if labels.contains(&label) {
+                return Err(invalid("beds", format!("bed label {label:?} appears twice")));
+            }
+            labels.push(label);
+        }
+        Ok(NewWard { name, kind, beds: labels })
+    }
+
+    fn build(&self, at: DateTime<Utc>) -> Ward {
+        Ward {
+            id: Uuid::new_v4(),
+            name: self.name.clone(),
+            kind: self.kind,
+            beds: self
+                .beds
+                .iter()
+                .map(|label| Bed {
+                    id: Uuid::new_v4(),
+                    label: label.clone(),
+                    status: BedStatus::Free,
+                    patient_id: None,
+                    updated_at: at,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A validated facility to create.
+#[derive(Debug, Clone)]
+pub struct NewFacility {
+    pub name: String,
+    pub kind: FacilityKind,
+    pub location: GeoPoint,
+    pub timezone: String,
+    pub wards: Vec<NewWard>,
+}
+
+impl NewFacility {
+    pub fn new(name: &str, kind: FacilityKind, location: GeoPoint, timezone: &str, wards: Vec<NewWard>) -> Result<NewFacility, ActorError> {
+        let name = non_empty("name", name, 200)?;
+        let timezone = parse_timezone(timezone)?;
+        if wards.len() > 100 {
+            return Err(invalid("wards", "a facility holds at most 100 wards"));
+        }
+        Ok(NewFacility { name, kind, location, timezone, wards })
+    }
+}
+
+fn invalid(field: &'static str, detail: impl Into<String>) -> ActorError {
+    ActorError::Invalid { field, detail: detail.into() }
+}
+
+fn non_empty(field: &'static str, value: &str, max: usize) -> Result<String, ActorError> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Err(invalid(field, format!("{field} must not be empty")));
+    }
+    if value.chars().count() > max {
+        return Err(invalid(field, format!("{field} must be at most {max} characters")));
+    }
+    Ok(value.to_owned())
+}
+
+/// An IANA time zone name such as `Africa/Nairobi` or `UTC` (checked for form; the zone
+/// database itself is consulted where schedules need it).
+fn parse_timezone(value: &str) -> Result<String, ActorError> {
+    let well_formed = !value.is_empty()
+        && value.len() <= 64
+        && value.split('/').all(|part| {
+            !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || "_+-".contains(c))
+        })
+        && value.chars().next().is_some_and(|c| c.is_ascii_uppercase());
+    if well_formed {
+        Ok(value.to_owned())
+    } else {
+        Err(invalid("timezone", format!("{value:?} is not an IANA time zone name such as \"Africa/Nairobi\" or \"UTC\"")))
+    }
+}
+
+/// The event a bed change commits: the `data` of a `bed.status_changed` envelope.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BedStatusChanged {
+    pub facility_id: Uuid,
+    pub ward_id: Uuid,
+    pub bed_id: Uuid,
+    pub label: String,
+    pub from: BedStatus,
+    pub to: BedStatus,
+    pub patient_id: Option<Uuid>,
+    pub changed_by: Uuid,
+    pub at: DateTime<Utc>,
+}
+
+pub const FACILITY_CREATED: &str = "facility.created";
+pub const WARD_ADDED: &str = "ward.added";
+pub const BED_STATUS_CHANGED: &str = "bed.status_changed";
+
+/// Decides what a request to set a bed's status means for the facility as it is now:
+/// `Ok(None)` when nothing changes, the event to commit, or why it is refused.
+pub fn decide_bed_change(
+    facility: &Facility,
+    bed_id: Uuid,
+    to: BedStatus,
+    patient_id: Option<Uuid>,
+    changed_by: Uuid,
+    at: DateTime<Utc>,
+) -> Result<Option<BedStatusChanged>, ActorError> {
+    let (ward, bed) = facility.bed(bed_id).ok_or(ActorError::NotFound("bed"))?;
+    match (to, patient_id) {
+        (BedStatus::Occupied, None) => {
+            return Err(invalid("patient_id", "a patient_id is required to mark a bed occupied"))
+        }
+        (status, Some(_)) if status != BedStatus::Occupied => {
+            return Err(invalid("patient_id", "only an occupied bed holds a patient; leave patient_id out"))
+        }
+        _ => {}
+    }
+    if bed.status == to {
+        if bed.patient_id == patient_id {
+            return Ok(None);
+        }
+        return Err(ActorError::Conflict(format!(
+            "bed {} is occupied by another patient; discharge first (set it free or cleaning)",
+            bed.label
+        )));
+    }
+    if bed.status == BedStatus::Occupied && to == BedStatus::OutOfService {
+        return Err(ActorError::Conflict(format!(
+            "bed {} is occupied; discharge the patient before taking it out of service",
+            bed.label
+        )));
+    }
+    Ok(Some(BedStatusChanged {
+        facility_id: facility.id,
+        ward_id: ward.id,
+        bed_id,
+        label: bed.label.clone(),
+        from: bed.status,
+        to,
+        patient_id,
+        changed_by,
+        at,
+    }))
+}
+
+/// Applies a stored event to the state it follows; the single definition of what each event
+/// means, used both live (after commit) and in recovery.
+pub fn apply(state: Option<Facility>, stream_seq: i64, event_type: &str, data: &Value) -> Result<Facility, String> {
+    match event_type {
+        FACILITY_CREATED | WARD_ADDED => {
+            let mut facility: Facility =
+                serde_json::from_value(data.clone()).map_err(|e| format!("bad {event_type} event: {e}"))?;
+            facility.version = stream_seq;
+            Ok(facility)
+        }
+        BED_STATUS_CHANGED => {
+            let mut facility = state.ok_or("bed.status_changed before facility.created")?;
+            let change: BedStatusChanged =
+                serde_json::from_value(data.clone()).map_err(|e| format!("bad {event_type} event: {e}"))?;
+            let bed = facility
+                .wards
+                .iter_mut()
+                .flat_map(|ward| ward.beds.iter_mut())
+                .find(|bed| bed.id == change.bed_id)
+                .ok_or_else(|| format!("bed {} not in facility", change.bed_id))?;
+            bed.status = change.to;
+            bed.patient_id = change.patient_id;
+            bed.updated_at = change.at;
+            facility.version = stream_seq;
+            Ok(facility)
+        }
+        other => Err(format!("unknown facility event {other}")),
+    }
+}
+
+pub fn stream_name(facility_id: Uuid) -> String {
+    format!("facility/{facility_id}")
+}
+
+/// Rebuilds a facility from its latest snapshot and the events after it; `None` if it does not
+/// exist in this tenant.
+pub async fn recover(pool: &PgPool, tenant_id: Uuid, facility_id: Uuid) -> Result<Option<Facility>, ActorError> {
+    let history = store::load_stream(pool, tenant_id, &stream_name(facility_id)).await?;
+    let mut state: Option<Facility> = match history.snapshot {
+        Some((seq, value)) => {
+            let mut facility: Facility = serde_json::from_value(value)
+                .map_err(|e| ActorError::Unavailable(format!("facility {facility_id} snapshot unreadable: {e}")))?;
+            facility.version = seq;
+            Some(facility)
+        }
+        None => None,
+    };
+    for event in &history.events {
+        state = Some(
+            apply(state, event.stream_seq, &event.event_type, &event.data)
+                .map_err(|e| ActorError::Unavailable(format!("facility {facility_id} history unreadable: {e}")))?,
+        );
+    }
+    Ok(state)
+}
+
+/// The rows of the read model that one event changes.
+enum ProjectionChange<'a> {
+    Created(&'a Facility),
+    WardAdded { facility: &'a Facility, ward: &'a Ward },
+    Bed(&'a BedStatusChanged, i64),
+}
+
+async fn write_projection(conn: &mut PgConnection, tenant_id: Uuid, change: ProjectionChange<'_>) -> Result<(), sqlx::Error> {
+    match change {
+        ProjectionChange::Created(facility) => {
+            sqlx::query(
+                "INSERT INTO facilities (id, tenant_id, name, kind, latitude, longitude, timezone, version)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(facility.id)
+            .bind(tenant_id)
+            .bind(&facility.name)
+            .bind(enum_name(&facility.kind))
+            .bind(facility.location.lat())
+            .bind(facility.location.lon())
+            .bind(&facility.timezone)
+            .bind(facility.version)
+            .execute(&mut *conn)
+            .await?;
+            for ward in &facility.wards {
+                insert_ward(conn, tenant_id, facility, ward).await?;
+            }
+        }
+        ProjectionChange::WardAdded { facility, ward } => {
+            insert_ward(conn, tenant_id, facility, ward).await?;
+            bump_version(conn, facility.id, facility.version).await?;
+        }
+        ProjectionChange::Bed(change, version) => {
+            sqlx::query("UPDATE beds SET status = $2, patient_id = $3, updated_at = $4 WHERE id = $1")
+                .bind(change.bed_id)
+                .bind(change.to.as_str())
+                .bind(change.patient_id)
+                .bind(change.at)
+                .execute(&mut *conn)
+                .await?;
+            bump_version(conn, change.facility_id, version).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn insert_ward(conn: &mut PgConnection, tenant_id: Uuid, facility: &Facility, ward: &Ward) -> Result<(), sqlx::Error> {
+    let position = facility.wards.iter().position(|w| w.id == ward.id).unwrap_or(0) as i32;
+    sqlx::query("INSERT INTO wards (id, tenant_id, facility_id, name, kind, position) VALUES ($1, $2, $3, $4, $5, $6)")
+        .bind(ward.id)
+        .bind(tenant_id)
+        .bind(facility.id)
+        .bind(&ward.name)
+        .bind(enum_name(&ward.kind))
+        .bind(position)
+        .execute(&mut *conn)
+        .await?;
+    for (position, bed) in ward.beds.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO beds (id, tenant_id, facility_id, ward_id, label, position, status, patient_id, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(bed.id)
+        .bind(tenant_id)
+        .bind(facility.id)
+        .bind(ward.id)
+        .bind(&bed.label)
+        .bind(position as i32)
+        .bind(bed.status.as_str())
+        .bind(bed.patient_id)
+        .bind(bed.updated_at)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+async fn bump_version(conn: &mut PgConnection, facility_id: Uuid, version: i64) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE facilities SET version = $2 WHERE id = $1")
+        .bind(facility_id)
+        .bind(version)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The snake_case name serde gives a unit enum variant.
+fn enum_name<T: Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(Value::String(name)) => name,
+        _ => unreachable!("unit enum variants serialise to strings"),
+    }
+}
+
+/// Everything a command commits, prepared against the current state before any I/O.
+struct Plan {
+    draft: EventDraft,
+    audit: AuditRecord,
+    next_state: Facility,
+    projection: PlannedProjection,
+}
+
+enum PlannedProjection {
+    Created,
+    WardAdded(Uuid),
+    Bed(BedStatusChanged),
+}
+
+/// Commits a plan: projection rows, event, audit entry and (every `snapshot_every` events) a
+/// snapshot, in one transaction. Shared by creation (in the tenant supervisor) and the actor.
+async fn commit_plan(pool: &PgPool, tenant_id: Uuid, plan: &Plan, snapshot_every: i64, metrics: &ActorMetrics) -> Result<Committed, ActorError> {
+    let mut tx = pool.begin().await?;
+    let next = &plan.next_state;
+    let change = match &plan.projection {
+        PlannedProjection::Created => ProjectionChange::Created(next),
+        PlannedProjection::WardAdded(ward_id) => ProjectionChange::WardAdded {
+            facility: next,
+            ward: next.wards.iter().find(|w| w.id == *ward_id).expect("planned ward is in the next state"),
+        },
+        PlannedProjection::Bed(change) => ProjectionChange::Bed(change, next.version),
+    };
+    write_projection(&mut tx, tenant_id, change).await?;
+    let snapshot = (next.version % snapshot_every.max(1) == 0)
+        .then(|| serde_json::to_value(next).expect("facilities serialise"));
+    store::commit_command(tx, tenant_id, &plan.draft, &plan.audit, snapshot.as_ref(), metrics, ACTOR).await
+}
+
+fn plan_creation(tenant: &TenantSlug, caller: &Caller, new: &NewFacility) -> Plan {
+    let at = Utc::now().trunc_subsecs(6);
+    let facility = Facility {
+        id: Uuid::new_v4(),
+        name: new.name.clone(),
+        kind: new.kind,
+        location: new.location,
+        timezone: new.timezone.clone(),
+        version: 1,
+        wards: new.wards.iter().map(|ward| ward.build(at)).collect(),
+    };
+    let beds: usize = facility.wards.iter().map(|w| w.beds.len()).sum();
+    Plan {
+        draft: EventDraft {
+            stream: stream_name(facility.id),
+            expected_version: 0,
+            topic: topics::beds_topic(tenant),
+            event_type: FACILITY_CREATED,
+            data: serde_json::to_value(&facility).expect("facilities serialise"),
+        },
+        audit: AuditRecord::by_caller(caller, "facility.create", "facility", facility.id)
+            .detail(json!({"name": facility.name, "wards": facility.wards.len(), "beds": beds})),
+        next_state: facility,
+        projection: PlannedProjection::Created,
+    }
+}
+
+/// Creates a facility (its first event) and returns it. Called by the tenant supervisor, which
+/// then starts the facility's actor with this state.
+pub(crate) async fn create(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    tenant: &TenantSlug,
+    caller: &Caller,
+    new: &NewFacility,
+    snapshot_every: i64,
+    metrics: &ActorMetrics,
+) -> Result<Facility, ActorError> {
+    let plan = plan_creation(tenant, caller, new);
+    commit_plan(pool, tenant_id, &plan, snapshot_every, metrics).await?;
+    info!(tenant = %tenant, facility_id = %plan.next_state.id, "facility created");
+    Ok(plan.next_state)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The actor
+
+pub struct FacilityActor {
+    tenant_id: Uuid,
+    tenant: TenantSlug,
+    facility_id: Uuid,
+    pool: PgPool,
+    snapshot_every: i64,
+    metrics: ActorMetrics,
+    /// `None` while (re)loading or when loading failed; commands are then refused as unavailable.
+    state: Option<Facility>,
+}
+
+impl FacilityActor {
+    pub(crate) fn new(
+        tenant_id: Uuid,
+        tenant: TenantSlug,
+        state: Facility,
+        pool: PgPool,
+        snapshot_every: i64,
+        metrics: ActorMetrics,
+    ) -> FacilityActor {
+        FacilityActor { tenant_id, tenant, facility_id: state.id, pool, snapshot_every, metrics, state: Some(state) }
+    }
+
+    fn reload(&mut self, ctx: &mut Context<Self>) {
+        let (pool, tenant_id, facility_id) = (self.pool.clone(), self.tenant_id, self.facility_id);
+        let span = info_span!("recover", tenant = %self.tenant, actor = ACTOR, %facility_id);
+        // `wait` holds back every queued message until the state is back.
+        ctx.wait(
+            async move { recover(&pool, tenant_id, facility_id).await }
+                .instrument(span)
+                .into_actor(self)
+                .map(|result, actor, _ctx| match result {
+                    Ok(Some(facility)) => {
+                        info!(tenant = %actor.tenant, actor = ACTOR, facility_id = %actor.facility_id,
+                              version = facility.version, "state recovered from snapshot and events");
+                        actor.state = Some(facility);
+                    }
+                    Ok(None) => error!(facility_id = %actor.facility_id, "facility vanished from the event log"),
+                    Err(e) => error!(facility_id = %actor.facility_id, error = %e, "recovery failed; commands refused until restart"),
+                }),
+        );
+    }
+
+    fn current(&self) -> Result<&Facility, ActorError> {
+        self.state
+            .as_ref()
+            .ok_or_else(|| ActorError::Unavailable("facility state is not loaded; retry shortly".to_owned()))
+    }
+
+    /// Commits `plan` and installs its state, answering with `reply(new state, committed)`.
+    /// A panic in the commit or in `reply` is caught: the caller gets `Crashed` and the actor
+    /// stops, so that its supervisor restarts it from what was committed.
+    fn execute<T: 'static>(
+        &mut self,
+        plan: Plan,
+        reply: impl FnOnce(&Facility, &Committed) -> T + 'static,
+    ) -> AtomicResponse<Self, Result<T, ActorError>> {
+        let (pool, tenant_id, snapshot_every, metrics) =
+            (self.pool.clone(), self.tenant_id, self.snapshot_every, self.metrics.clone());
+        let span = info_span!("command", tenant = %self.tenant, actor = ACTOR, facility_id = %self.facility_id,
+                              event = plan.draft.event_type);
+        let commit = async move {
+            let committed = commit_plan(&pool, tenant_id, &plan, snapshot_every, &metrics).await;
+            (plan.next_state, committed)
+        }
+        .instrument(span);
+        AtomicResponse::new(Box::pin(AssertUnwindSafe(commit).catch_unwind().into_actor(self).map(
+            move |outcome, actor, ctx| match outcome {
+                Ok((next_state, Ok(committed))) => {
+                    let answer = std::panic::catch_unwind(AssertUnwindSafe(|| reply(&next_state, &committed)));
+                    actor.state = Some(next_state);
+                    actor.finish(answer, ctx)
+                }
+                Ok((_, Err(error))) => {
+                    actor.metrics.commands.with_label_values(&[ACTOR, "failed"]).inc();
+                    Err(error)
+                }
+                Err(_panic) => actor.crashed(ctx),
+            },
+        )))
+    }
+
+    fn finish<T>(&mut self, answer: std::thread::Result<T>, ctx: &mut Context<Self>) -> Result<T, ActorError> {
+        match answer {
+            Ok(value) => {
+                self.metrics.commands.with_label_values(&[ACTOR, "committed"]).inc();
+                Ok(value)
+            }
+            Err(_panic) => self.crashed(ctx),
+        }
+    }
+
+    fn crashed<T>(&mut self, ctx: &mut Context<Self>) -> Result<T, ActorError> {
+        error!(tenant = %self.tenant, actor = ACTOR, facility_id = %self.facility_id,
+               "handler panicked; stopping so the supervisor restarts from committed state");
+        self.metrics.commands.with_label_values(&[ACTOR, "crashed"]).inc();
+        ctx.stop();
+        Err(ActorError::Crashed(ACTOR))
+    }
+
+    fn refuse<T: 'static>(&self, error: ActorError) -> AtomicResponse<Self, Result<T, ActorError>> {
+        self.metrics.commands.with_label_values(&[ACTOR, "refused"]).inc();
+        AtomicResponse::new(Box::pin(fut::ready(Err(error))))
+    }
+}
+
+impl Actor for FacilityActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        if self.state.is_none() {
+            self.reload(ctx);
+        }
+    }
+}
+
+impl actix::Supervised for FacilityActor {
+    fn restarting(&mut self, _ctx: &mut Context<Self>) {
+        warn!(tenant = %self.tenant, actor = ACTOR, facility_id = %self.facility_id, "restarting after a crash");
+        self.metrics.restarts.with_label_values(&[ACTOR]).inc();
+        // Whatever the crashed handler left in memory is not trusted: recover from the database.
+        self.state = None;
+    }
+}
+
+/// Returns the facility as it is now.
+#[derive(Message)]
+#[rtype(result = "Result<Facility, ActorError>")]
+pub struct GetFacility;
+
+impl Handler<GetFacility> for FacilityActor {
+    type Result = Result<Facility, ActorError>;
+
+    fn handle(&mut self, _msg: GetFacility, _ctx: &mut Context<Self>) -> Self::Result {
+        self.current().cloned()
+    }
+}
+
+/// Sets a bed's status (and the patient in it, for `occupied`).
+#[derive(Message)]
+#[rtype(result = "Result<BedChanged, ActorError>")]
+pub struct ChangeBedStatus {
+    pub caller: Caller,
+    pub bed_id: Uuid,
+    pub status: BedStatus,
+    pub patient_id: Option<Uuid>,
+}
+
+/// The answer to [`ChangeBedStatus`]: the bed now, the facility version, and the event's seq on
+/// the tenant's bed topic (`None` when the bed already had that status).
+#[derive(Debug, Clone, Serialize)]
+pub struct BedChanged {
+    pub bed: Bed,
+    pub facility_id: Uuid,
+    pub version: i64,
+    pub seq: Option<i64>,
+}
+
+impl Handler<ChangeBedStatus> for FacilityActor {
+    type Result = AtomicResponse<Self, Result<BedChanged, ActorError>>;
+
+    fn handle(&mut self, msg: ChangeBedStatus, _ctx: &mut Context<Self>) -> Self::Result {
+        let facility = match self.current() {
+            Ok(facility) => facility,
+            Err(error) => return self.refuse(error),
+        };
+        let at = Utc::now().trunc_subsecs(6);
+        let decided = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            decide_bed_change(facility, msg.bed_id, msg.status, msg.patient_id, msg.caller.principal.user_id, at)
+        }));
+        let change = match decided {
+            Ok(Ok(Some(change))) => change,
+            Ok(Ok(None)) => {
+                let (_, bed) = facility.bed(msg.bed_id).expect("decided against an existing bed");
+                let unchanged = BedChanged { bed: bed.clone(), facility_id: facility.id, version: facility.version, seq: None };
+                return AtomicResponse::new(Box::pin(fut::ready(Ok(unchanged))));
+            }
+            Ok(Err(error)) => return self.refuse(error),
+            Err(_panic) => {
+                return AtomicResponse::new(Box::pin(ActorFutureExt::map(fut::ready(()), |_, actor: &mut Self, ctx| actor.crashed(ctx))))
+            }
+        };
+        let data = serde_json::to_value(&change).expect("events serialise");
+        let next_state = match apply(Some(facility.clone()), facility.version + 1, BED_STATUS_CHANGED, &data) {
+            Ok(next) => next,
+            Err(detail) => return self.refuse(ActorError::Unavailable(detail)),
+        };
+        let plan = Plan {
+            draft: EventDraft {
+                stream: stream_name(facility.id),
+                expected_version: facility.version,
+                topic: topics::beds_topic(&self.tenant),
+                event_type: BED_STATUS_CHANGED,
+                data,
+            },
+            audit: AuditRecord::by_caller(&msg.caller, "bed.status_change", "bed", change.bed_id)
+                .patient(change.patient_id.or_else(|| facility.bed(change.bed_id).and_then(|(_, bed)| bed.patient_id)))
+                .detail(json!({
+                    "facility_id": facility.id, "label": change.label,
+                    "from": change.from.as_str(), "to": change.to.as_str(),
+                })),
+            next_state,
+            projection: PlannedProjection::Bed(change.clone()),
+        };
+        let bed_id = change.bed_id;
+        self.execute(plan, move |next, committed| {
+            let (_, bed) = next.bed(bed_id).expect("bed still exists after its change");
+            BedChanged { bed: bed.clone(), facility_id: next.id, version: next.version, seq: Some(committed.topic_seq) }
+        })
+    }
+}
+
+/// Adds a ward with its beds (all free).
+#[derive(Message)]
+#[rtype(result = "Result<Facility, ActorError>")]
+pub struct AddWard {
+    pub caller: Caller,
+    pub ward: NewWard,
+}
+
+impl Handler<AddWard> for FacilityActor {
+    type Result = AtomicResponse<Self, Result<Facility, ActorError>>;
+
+    fn handle(&mut self, msg: AddWard, _ctx: &mut Context<Self>) -> Self::Result {
+        let facility = match self.current() {
+            Ok(facility) => facility,
+            Err(error) => return self.refuse(error),
+        };
+        if facility.wards.iter().any(|ward| ward.name.eq_ignore_ascii_case(&msg.ward.name)) {
+            return self.refuse(ActorError::Conflict(format!("a ward named {:?} already exists here", msg.ward.name)));
+        }
+        if facility.wards.len() >= 100 {
+            return self.refuse(invalid("wards", "a facility holds at most 100 wards"));
+        }
+        let ward = msg.ward.build(Utc::now().trunc_subsecs(6));
+        let mut next_state = facility.clone();
+        next_state.wards.push(ward.clone());
+        next_state.version += 1;
+        let plan = Plan {
+            draft: EventDraft {
+                stream: stream_name(facility.id),
+                expected_version: facility.version,
+                topic: topics::beds_topic(&self.tenant),
+                event_type: WARD_ADDED,
+                data: serde_json::to_value(&next_state).expect("facilities serialise"),
+            },
+            audit: AuditRecord::by_caller(&msg.caller, "ward.add", "ward", ward.id)
+                .detail(json!({"facility_id": facility.id, "name": ward.name, "beds": ward.beds.len()})),
+            next_state,
+            projection: PlannedProjection::WardAdded(ward.id),
+        };
+        self.execute(plan, |next, _| next.clone())
+    }
+}
+
+/// Fault injection for supervision tests: opens a transaction, writes to it, then panics before
+/// committing, as a bug in a handler would. Only reachable when the hub runs with fault injection
+/// enabled.
+#[derive(Message)]
+#[rtype(result = "Result<(), ActorError>")]
+pub struct InjectPanic;
+
+impl Handler<InjectPanic> for FacilityActor {
+    type Result = AtomicResponse<Self, Result<(), ActorError>>;
+
+    fn handle(&mut self, _msg: InjectPanic, _ctx: &mut Context<Self>) -> Self::Result {
+        let (pool, facility_id) = (self.pool.clone(), self.facility_id);
+        if let Some(state) = self.state.as_mut() {
+            // Corrupt the in-memory state too: recovery must not trust it.
+            state.wards.clear();
+        }
+        let doomed = async move {
+            let mut tx = pool.begin().await?;
+            sqlx::query("UPDATE beds SET status = 'out_of_service', patient_id = NULL WHERE facility_id = $1")
+                .bind(facility_id)
+                .execute(&mut *tx)
+                .await?;
+            panic!("injected fault: facility handler panicked mid-transaction");
+            #[allow(unreachable_code)]
+            Ok::<(), ActorError>(())
+        };
+        AtomicResponse::new(Box::pin(AssertUnwindSafe(doomed).catch_unwind().into_actor(self).map(
+            |outcome, actor, ctx| match outcome {
+                Ok(result) => result,
+                Err(_panic) => actor.crashed(ctx),
+            },
+        )))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Read models
+
+/// A facility with its bed counts, for lists.
+#[derive(Debug, Clone, Serialize)]
+pub struct FacilitySummary {
+    pub id: Uuid,
+    pub name: String,
+    pub kind: FacilityKind,
+    pub location: GeoPoint,
+    pub timezone: String,
+    pub version: i64,
+    pub beds: BedCounts,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct BedCounts {
+    pub free: i64,
+    pub occupied: i64,
+    pub cleaning: i64,
+    pub out_of_service: i64,
+}
+
+pub async fn list_facilities(pool: &PgPool, tenant_id: Uuid) -> Result<Vec<FacilitySummary>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT f.id, f.name, f.kind, f.latitude, f.longitude, f.timezone, f.version,
+                count(b.id) FILTER (WHERE b.status = 'free') AS free,
+                count(b.id) FILTER (WHERE b.status = 'occupied') AS occupied,
+                count(b.id) FILTER (WHERE b.status = 'cleaning') AS cleaning,
+                count(b.id) FILTER (WHERE b.status = 'out_of_service') AS out_of_service
+         FROM facilities f LEFT JOIN beds b ON b.facility_id = f.id
+         WHERE f.tenant_id = $1 GROUP BY f.id ORDER BY f.name, f.id",
+    )
+    .bind(tenant_id)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(FacilitySummary {
+                id: row.get("id"),
+                name: row.get("name"),
+                kind: from_name(row.get("kind"))?,
+                location: location(row)?,
+                timezone: row.get("timezone"),
+                version: row.get("version"),
+                beds: BedCounts {
+                    free: row.get("free"),
+                    occupied: row.get("occupied"),
+                    cleaning: row.get("cleaning"),
+                    out_of_service: row.get("out_of_service"),
+                },
+            })
+        })
+        .collect()
+}
+
+fn from_name<T: for<'de> Deserialize<'de>>(name: String) -> Result<T, sqlx::Error> {
+    serde_json::from_value(Value::String(name)).map_err(|e| sqlx::Error::Decode(Box::new(e)))
+}
+
+fn location(row: &sqlx::postgres::PgRow) -> Result<GeoPoint, sqlx::Error> {
+    GeoPoint::new(row.get("latitude"), row.get("longitude")).map_err(|e| sqlx::Error::Decode(e.into()))
+}
+
+/// The tenant's whole bed board from the read model, and the seq of the last bed-topic event it
+/// reflects, read in one repeatable-read snapshot so the two agree.
+pub async fn bed_board(pool: &PgPool, tenant_id: Uuid, topic: &str) -> Result<(i64, Vec<Facility>), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
+    let seq = store::topic_head(&mut tx, topic).await?;
+    let facility_rows = sqlx::query(
+        "SELECT id, name, kind, latitude, longitude, timezone, version FROM facilities
+         WHERE tenant_id = $1 ORDER BY name, id",
+    )
+    .bind(tenant_id)
+    .fetch_all(&mut *tx)
+    .await?;
+    let ward_rows = sqlx::query("SELECT id, facility_id, name, kind FROM wards WHERE tenant_id = $1 ORDER BY facility_id, position")
+        .bind(tenant_id)
+        .fetch_all(&mut *tx)
+        .await?;
+    let bed_rows = sqlx::query(
+        "SELECT id, ward_id, label, status, patient_id, updated_at FROM beds WHERE tenant_id = $1 ORDER BY ward_id, position",
+    )
+    .bind(tenant_id)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+
+    let mut facilities = Vec::with_capacity(facility_rows.len());
+    for row in &facility_rows {
+        let id: Uuid = row.get("id");
+        let mut wards = Vec::new();
+        for ward_row in ward_rows.iter().filter(|w| w.get::<Uuid, _>("facility_id") == id) {
+            let ward_id: Uuid = ward_row.get("id");
+            let beds = bed_rows
+                .iter()
+                .filter(|b| b.get::<Uuid, _>("ward_id") == ward_id)
+                .map(|b| {
+                    Ok(Bed {
+                        id: b.get("id"),
+                        label: b.get("label"),
+                        status: BedStatus::parse(b.get("status"))
+                            .ok_or_else(|| sqlx::Error::Decode("unknown bed status".into()))?,
+                        patient_id: b.get("patient_id"),
+                        updated_at: b.get("updated_at"),
+                    })
+                })
+                .collect::<Result<Vec<_>, sqlx::Error>>()?;
+            wards.push(Ward { id: ward_id, name: ward_row.get("name"), kind: from_name(ward_row.get("kind"))?, beds });
+        }
+        facilities.push(Facility {
+            id,
+            name: row.get("name"),
+            kind: from_name(row.get("kind"))?,
+            location: location(row)?,
+            timezone: row.get("timezone"),
+            version: row.get("version"),
+            wards,
+        });
+    }
+    Ok((seq, facilities))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facility() -> Facility {
+        let at = Utc::now();
+        let ward = NewWard::new("Emergency", WardKind::Emergency, vec!["E1".into(), "E2".into()]).unwrap().build(at);
+        Facility {
+            id: Uuid::new_v4(),
+            name: "Central".into(),
+            kind: FacilityKind::Hospital,
+            location: GeoPoint::new(-1.3, 36.8).unwrap(),
+            timezone: "Africa/Nairobi".into(),
+            version: 1,
+            wards: vec![ward],
+        }
+    }
+
+    fn change(f: &Facility, bed: usize, to: BedStatus, patient: Option<Uuid>) -> Result<Option<BedStatusChanged>, ActorError> {
+        decide_bed_change(f, f.wards[0].beds[bed].id, to, patient, Uuid::nil(), Utc::now())
+    }
+
+    fn commit(f: Facility, event: BedStatusChanged) -> Facility {
+        let version = f.version + 1;
+        apply(Some(f), version, BED_STATUS_CHANGED, &serde_json::to_value(event).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn occupying_a_bed_needs_a_patient_and_records_them() {
+        let f = facility();
+        assert!(matches!(change(&f, 0, BedStatus::Occupied, None), Err(ActorError::Invalid { field: "patient_id", .. })));
+        let patient = Uuid::new_v4();
+        let event = change(&f, 0, BedStatus::Occupied, Some(patient)).unwrap().unwrap();
+        assert_eq!((event.from, event.to), (BedStatus::Free, BedStatus::Occupied));
+        let f = commit(f, event);
+        assert_eq!(f.wards[0].beds[0].patient_id, Some(patient));
+        assert_eq!(f.version, 2);
+    }
+
+    #[test]
+    fn an_occupied_bed_cannot_go_out_of_service_or_take_a_second_patient() {
+        let f = facility();
+        let f = commit(f.clone(), change(&f, 0, BedStatus::Occupied, Some(Uuid::new_v4())).unwrap().unwrap());
+        assert!(matches!(change(&f, 0, BedStatus::OutOfService, None), Err(ActorError::Conflict(_))));
+        assert!(matches!(change(&f, 0, BedStatus::Occupied, Some(Uuid::new_v4())), Err(ActorError::Conflict(_))));
+        let discharged = commit(f.clone(), change(&f, 0, BedStatus::Cleaning, None).unwrap().unwrap());
+        assert_eq!(discharged.wards[0].beds[0].patient_id, None);
+    }
+
+    #[test]
+    fn setting_the_current_status_changes_nothing() {
+        let f = facility();
+        assert!(change(&f, 1, BedStatus::Free, None).unwrap().is_none());
+    }
+
+    #[test]
+    fn only_occupied_beds_hold_patients_and_unknown_beds_are_not_found() {
+        let f = facility();
+        assert!(matches!(change(&f, 1, BedStatus::Cleaning, Some(Uuid::new_v4())), Err(ActorError::Invalid { .. })));
+        let unknown = decide_bed_change(&f, Uuid::new_v4(), BedStatus::Free, None, Uuid::nil(), Utc::now());
+        assert!(matches!(unknown, Err(ActorError::NotFound("bed"))));
+    }
+
+    #[test]
+    fn replaying_the_events_rebuilds_the_same_state() {
+        let created = facility();
+        let mut log = vec![(FACILITY_CREATED, serde_json::to_value(&created).unwrap())];
+        let mut live = created.clone();
+        for (bed, to) in [(0, BedStatus::Cleaning), (1, BedStatus::OutOfService), (0, BedStatus::Free)] {
+            let event = change(&live, bed, to, None).unwrap().unwrap();
+            log.push((BED_STATUS_CHANGED, serde_json::to_value(&event).unwrap()));
+            live = commit(live, event);
+        }
+        let mut replayed = None;
+        for (seq, (kind, data)) in log.iter().enumerate() {
+            replayed = Some(apply(replayed, seq as i64 + 1, kind, data).unwrap());
+        }
+        assert_eq!(replayed.unwrap(), live);
+    }
+
+    #[test]
+    fn input_is_checked_at_construction() {
+        assert!(NewWard::new(" ", WardKind::General, vec![]).is_err());
+        assert!(NewWard::new("W", WardKind::General, vec!["A".into(), "A".into()]).is_err());
+        let here = GeoPoint::new(0.0, 0.0).unwrap();
+        assert!(NewFacility::new("X", FacilityKind::Clinic, here, "Africa/Nairobi", vec![]).is_ok());
+        assert!(NewFacility::new("X", FacilityKind::Clinic, here, "UTC", vec![]).is_ok());
+        assert!(NewFacility::new("X", FacilityKind::Clinic, here, "nairobi time", vec![]).is_err());
+        assert!(NewFacility::new("X", FacilityKind::Clinic, here, "../etc", vec![]).is_err());
+    }
+}

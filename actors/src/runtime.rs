@@ -1,0 +1,84 @@
+//! The actor runtime: a small pool of arbiters (threads) that host the tenant supervisors, and
+//! the registry that finds or starts a tenant's supervisor. Hub code talks to actors only through
+//! [`ActorRuntime`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use actix::prelude::*;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::domain::TenantSlug;
+use crate::error::ActorError;
+use crate::facility::FacilityActor;
+use crate::metrics::ActorMetrics;
+use crate::tenant::{FacilityAddr, TenantSupervisor};
+
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Write a snapshot of an actor's state every this many events.
+    pub snapshot_every: i64,
+    /// How many arbiter threads host actors; tenants are spread over them.
+    pub threads: usize,
+}
+
+pub struct ActorRuntime {
+    pool: PgPool,
+    config: RuntimeConfig,
+    metrics: ActorMetrics,
+    arbiters: Mutex<Vec<Arbiter>>,
+    tenants: Mutex<HashMap<Uuid, Addr<TenantSupervisor>>>,
+}
+
+impl ActorRuntime {
+    /// Starts the arbiters. Must be called inside a running actix `System`.
+    pub fn start(pool: PgPool, config: RuntimeConfig, metrics: ActorMetrics) -> Arc<ActorRuntime> {
+        let arbiters = (0..config.threads.max(1)).map(|_| Arbiter::new()).collect();
+        Arc::new(ActorRuntime {
+            pool,
+            config,
+            metrics,
+            arbiters: Mutex::new(arbiters),
+            tenants: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The tenant's supervisor, started on first use on one of the arbiters.
+    pub fn tenant(&self, tenant_id: Uuid, tenant: &TenantSlug) -> Result<Addr<TenantSupervisor>, ActorError> {
+        let mut tenants = self.tenants.lock().expect("tenant registry lock");
+        if let Some(addr) = tenants.get(&tenant_id).filter(|addr| addr.connected()) {
+            return Ok(addr.clone());
+        }
+        let arbiters = self.arbiters.lock().expect("arbiter list lock");
+        if arbiters.is_empty() {
+            return Err(ActorError::Unavailable("the hub is shutting down".to_owned()));
+        }
+        let arbiter = arbiters[tenants.len() % arbiters.len()].handle();
+        let (pool, every, metrics, slug) =
+            (self.pool.clone(), self.config.snapshot_every, self.metrics.clone(), tenant.clone());
+        let addr = Supervisor::start_in_arbiter(&arbiter, move |_| {
+            TenantSupervisor::new(tenant_id, slug, pool, every, metrics)
+        });
+        tenants.insert(tenant_id, addr.clone());
+        Ok(addr)
+    }
+
+    /// The actor of a facility of this tenant; `NotFound` for another tenant's facility.
+    pub async fn facility(&self, tenant_id: Uuid, tenant: &TenantSlug, facility_id: Uuid) -> Result<Addr<FacilityActor>, ActorError> {
+        self.tenant(tenant_id, tenant)?.send(FacilityAddr(facility_id)).await?
+    }
+
+    /// Stops every actor thread. Call after the HTTP server has drained, so that no command
+    /// is in flight.
+    pub fn shutdown(&self) {
+        self.tenants.lock().expect("tenant registry lock").clear();
+        let arbiters: Vec<Arbiter> = std::mem::take(&mut *self.arbiters.lock().expect("arbiter list lock"));
+        for arbiter in &arbiters {
+            arbiter.stop();
+        }
+        for arbiter in arbiters {
+            let _ = arbiter.join();
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! The HTTP API under `/api`: auth, facilities and beds, audit. Every handler authenticates
+//! through [`extract::Authenticated`], checks the role it needs, scopes every query to the
+//! caller's tenant (another tenant's records are simply not found), and maps failures once,
+//! through [`error::ApiError`].
+
+pub mod audit;
+pub mod auth;
+pub mod error;
+pub mod extract;
+pub mod facilities;
+
+use actix_web::web;
+
+pub fn routes(cfg: &mut web::ServiceConfig, fault_injection: bool) {
+    auth::routes(cfg);
+    facilities::routes(cfg, fault_injection);
+    audit::routes(cfg);
+}

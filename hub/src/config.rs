@@ -1,0 +1,239 @@
+//! Configuration: every option is a command-line flag, a `MEDHUB_*` environment variable and a
+//! key of the TOML file given with `--config` (the flag's name with `_` for `-`), in that order of
+//! precedence, over built-in defaults that run a complete hub on one machine with nothing set.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+
+/// Options shared by every command. Each field is optional here; [`Settings`] holds the resolved
+/// values.
+#[derive(clap::Args, Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigArgs {
+    /// TOML file with any of these options (keys use '_': database_url = "...").
+    #[arg(long, env = "MEDHUB_CONFIG", global = true)]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// Address to serve the API, WebSocket and console on [default: 127.0.0.1:8080]. Port 0 picks a free one.
+    #[arg(long, env = "MEDHUB_LISTEN", global = true)]
+    pub listen: Option<SocketAddr>,
+
+    /// PostgreSQL URL (postgres://user:pass@host:port/db). Without it the hub runs its own private
+    /// PostgreSQL cluster in <data-dir>/postgres.
+    #[arg(long, env = "MEDHUB_DATABASE_URL", global = true, hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Directory for the hub's own files (the embedded PostgreSQL cluster, its log) [default: .medhub].
+    #[arg(long, env = "MEDHUB_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+
+    /// Directory holding PostgreSQL's initdb and pg_ctl [default: found on PATH or in /usr/lib/postgresql/*/bin].
+    #[arg(long, env = "MEDHUB_PG_BIN_DIR", global = true)]
+    pub pg_bin_dir: Option<PathBuf>,
+
+    /// Loopback port for the embedded PostgreSQL [default: 0, a free port].
+    #[arg(long, env = "MEDHUB_PG_PORT", global = true)]
+    pub pg_port: Option<u16>,
+
+    /// Most connections the hub opens to PostgreSQL [default: 20].
+    #[arg(long, env = "MEDHUB_DB_MAX_CONNECTIONS", global = true)]
+    pub db_max_connections: Option<u32>,
+
+    /// Secret that signs access tokens (at least 32 characters). Without it the hub generates one
+    /// and keeps it in the database, shared by every hub on that database.
+    #[arg(long, env = "MEDHUB_JWT_SECRET", global = true, hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// Lifetime of an access token, in seconds [default: 900].
+    #[arg(long, env = "MEDHUB_ACCESS_TOKEN_TTL_SECS", global = true)]
+    pub access_token_ttl_secs: Option<u64>,
+
+    /// Lifetime of a login session (its refresh token), in seconds [default: 43200, 12 hours].
+    #[arg(long, env = "MEDHUB_REFRESH_TOKEN_TTL_SECS", global = true)]
+    pub refresh_token_ttl_secs: Option<u64>,
+
+    /// Write an actor snapshot every this many events [default: 100].
+    #[arg(long, env = "MEDHUB_SNAPSHOT_EVERY", global = true)]
+    pub snapshot_every: Option<i64>,
+
+    /// Threads that host actors [default: 2].
+    #[arg(long, env = "MEDHUB_ACTOR_THREADS", global = true)]
+    pub actor_threads: Option<usize>,
+
+    /// HTTP worker threads [default: the number of CPUs].
+    #[arg(long, env = "MEDHUB_HTTP_WORKERS", global = true)]
+    pub http_workers: Option<usize>,
+
+    /// Events a WebSocket client may have queued before it is disconnected as too slow [default: 1024].
+    #[arg(long, env = "MEDHUB_WS_QUEUE_CAPACITY", global = true)]
+    pub ws_queue_capacity: Option<usize>,
+
+    /// Seconds between WebSocket heartbeats (pings) [default: 10].
+    #[arg(long, env = "MEDHUB_WS_HEARTBEAT_SECS", global = true)]
+    pub ws_heartbeat_secs: Option<u64>,
+
+    /// Seconds of silence after which a WebSocket client is disconnected [default: 30].
+    #[arg(long, env = "MEDHUB_WS_CLIENT_TIMEOUT_SECS", global = true)]
+    pub ws_client_timeout_secs: Option<u64>,
+
+    /// Most missed events replayed to a client resubscribing with `since`; beyond it, a snapshot [default: 1000].
+    #[arg(long, env = "MEDHUB_WS_REPLAY_LIMIT", global = true)]
+    pub ws_replay_limit: Option<i64>,
+
+    /// Seconds graceful shutdown waits for in-flight requests [default: 10].
+    #[arg(long, env = "MEDHUB_SHUTDOWN_TIMEOUT_SECS", global = true)]
+    pub shutdown_timeout_secs: Option<u64>,
+
+    /// Log filter, as RUST_LOG (e.g. "info,medhub_actors=debug") [default: info].
+    #[arg(long, env = "MEDHUB_LOG", global = true)]
+    pub log: Option<String>,
+
+    /// Log format: "text" or "json" [default: text].
+    #[arg(long, env = "MEDHUB_LOG_FORMAT", global = true)]
+    pub log_format: Option<String>,
+
+    /// Enable the admin-only fault-injection endpoints used by the supervision tests. Never in production.
+    #[arg(long, env = "MEDHUB_ENABLE_FAULT_INJECTION", global = true, num_args = 0..=1, default_missing_value = "true")]
+    pub enable_fault_injection: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub database_url: Option<String>,
+    pub data_dir: PathBuf,
+    pub pg_bin_dir: Option<PathBuf>,
+    pub pg_port: u16,
+    pub db_max_connections: u32,
+    pub jwt_secret: Option<String>,
+    pub access_token_ttl: Duration,
+    pub refresh_token_ttl: Duration,
+    pub snapshot_every: i64,
+    pub actor_threads: usize,
+    pub http_workers: usize,
+    pub ws_queue_capacity: usize,
+    pub ws_heartbeat: Duration,
+    pub ws_client_timeout: Duration,
+    pub ws_replay_limit: i64,
+    pub shutdown_timeout: Duration,
+    pub log: String,
+    pub log_format: LogFormat,
+    pub fault_injection: bool,
+}
+
+macro_rules! prefer {
+    ($cli:ident, $file:ident; $($field:ident),* $(,)?) => {
+        $( let $field = $cli.$field.clone().or($file.$field.clone()); )*
+    };
+}
+
+impl Settings {
+    /// Flags and environment (already in `cli`) over the file named by `--config` over defaults.
+    pub fn resolve(cli: &ConfigArgs) -> anyhow::Result<Settings> {
+        let file = match &cli.config {
+            Some(path) => read_file(path)?,
+            None => ConfigArgs::default(),
+        };
+        prefer!(cli, file; listen, database_url, data_dir, pg_bin_dir, pg_port, db_max_connections, jwt_secret,
+            access_token_ttl_secs, refresh_token_ttl_secs, snapshot_every, actor_threads, http_workers,
+            ws_queue_capacity, ws_heartbeat_secs, ws_client_timeout_secs, ws_replay_limit, shutdown_timeout_secs,
+            log, log_format, enable_fault_injection);
+
+        let log_format = match log_format.as_deref().unwrap_or("text") {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => bail!("log_format must be \"text\" or \"json\", not {other:?}"),
+        };
+        if let Some(secret) = &jwt_secret {
+            if secret.len() < 32 {
+                bail!("jwt_secret must be at least 32 characters");
+            }
+        }
+        let positive = |name: &str, value: u64| -> anyhow::Result<u64> {
+            if value == 0 {
+                bail!("{name} must be greater than 0");
+            }
+            Ok(value)
+        };
+        let settings = Settings {
+            listen: listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            database_url: database_url.filter(|url| !url.trim().is_empty()),
+            data_dir: data_dir.unwrap_or_else(|| PathBuf::from(".medhub")),
+            pg_bin_dir,
+            pg_port: pg_port.unwrap_or(0),
+            db_max_connections: positive("db_max_connections", db_max_connections.unwrap_or(20).into())? as u32,
+            jwt_secret,
+            access_token_ttl: Duration::from_secs(positive("access_token_ttl_secs", access_token_ttl_secs.unwrap_or(900))?),
+            refresh_token_ttl: Duration::from_secs(positive("refresh_token_ttl_secs", refresh_token_ttl_secs.unwrap_or(43_200))?),
+            snapshot_every: positive("snapshot_every", snapshot_every.unwrap_or(100).max(0) as u64)? as i64,
+            actor_threads: positive("actor_threads", actor_threads.unwrap_or(2) as u64)? as usize,
+            http_workers: http_workers
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+                .max(1),
+            ws_queue_capacity: positive("ws_queue_capacity", ws_queue_capacity.unwrap_or(1024) as u64)? as usize,
+            ws_heartbeat: Duration::from_secs(positive("ws_heartbeat_secs", ws_heartbeat_secs.unwrap_or(10))?),
+            ws_client_timeout: Duration::from_secs(positive("ws_client_timeout_secs", ws_client_timeout_secs.unwrap_or(30))?),
+            ws_replay_limit: positive("ws_replay_limit", ws_replay_limit.unwrap_or(1000).max(0) as u64)? as i64,
+            shutdown_timeout: Duration::from_secs(shutdown_timeout_secs.unwrap_or(10)),
+            log: log.unwrap_or_else(|| "info".to_owned()),
+            log_format,
+            fault_injection: enable_fault_injection.unwrap_or(false),
+        };
+        Ok(settings)
+    }
+}
+
+fn read_file(path: &Path) -> anyhow::Result<ConfigArgs> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("config file {} is not valid", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_run_a_local_hub() {
+        let settings = Settings::resolve(&ConfigArgs::default()).unwrap();
+        assert_eq!(settings.listen.to_string(), "127.0.0.1:8080");
+        assert!(settings.database_url.is_none());
+        assert_eq!(settings.access_token_ttl, Duration::from_secs(900));
+        assert!(!settings.fault_injection);
+    }
+
+    #[test]
+    fn flags_win_over_the_file_and_the_file_over_defaults() {
+        let dir = std::env::temp_dir().join(format!("medhub-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("hub.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:9000\"\nsnapshot_every = 7\n").unwrap();
+        let cli = ConfigArgs { config: Some(path.clone()), snapshot_every: Some(3), ..Default::default() };
+        let settings = Settings::resolve(&cli).unwrap();
+        assert_eq!(settings.listen.port(), 9000);
+        assert_eq!(settings.snapshot_every, 3);
+        std::fs::write(&path, "listne = \"127.0.0.1:9000\"\n").unwrap();
+        let error = Settings::resolve(&cli).unwrap_err();
+        assert!(format!("{error:#}").contains("listne"), "{error:#}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_their_name() {
+        let cli = ConfigArgs { jwt_secret: Some("short".into()), ..Default::default() };
+        assert!(Settings::resolve(&cli).unwrap_err().to_string().contains("jwt_secret"));
+        let cli = ConfigArgs { log_format: Some("xml".into()), ..Default::default() };
+        assert!(Settings::resolve(&cli).unwrap_err().to_string().contains("log_format"));
+    }
+}

@@ -1,0 +1,12 @@
+//! The medhub server as a library: configuration, the embedded database, authentication, the HTTP
+//! API, the web console and the wiring that starts and stops a hub. `main.rs` is only the CLI.
+
+pub mod api;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod console;
+pub mod embedded_pg;
+pub mod seed;
+pub mod server;
+pub mod telemetry;

@@ -1,0 +1,246 @@
+//! Start-up, wiring and shutdown of a running hub.
+//!
+//! Start: database (the configured server, or the embedded cluster), migrations, token key, actor
+//! runtime, event broker, HTTP server. Shutdown (SIGINT or SIGTERM): stop accepting, tell WebSocket
+//! clients to reconnect elsewhere, let in-flight requests (and so in-flight commands) finish, stop the
+//! actors, close the pool, stop the embedded database. Nothing acknowledged is ever lost on the way:
+//! an acknowledgement is only sent after its commit.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::middleware::from_fn;
+use actix_web::{web, App, HttpResponse, HttpServer};
+use anyhow::Context;
+use prometheus::{Encoder, Registry, TextEncoder};
+use serde_json::json;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use medhub_actors::metrics::ActorMetrics;
+use medhub_actors::runtime::{ActorRuntime, RuntimeConfig};
+use medhub_actors::MIGRATOR;
+use medhub_realtime::metrics::RealtimeMetrics;
+use medhub_realtime::{ws_endpoint, Broker, Realtime, RealtimeConfig};
+
+use crate::api;
+use crate::api::error::ApiError;
+use crate::auth::{self, AuthService, WsAuthenticator};
+use crate::config::Settings;
+use crate::console;
+use crate::embedded_pg::EmbeddedPostgres;
+use crate::seed;
+use crate::telemetry::{self, HttpMetrics};
+
+/// Shared by every request handler.
+pub struct AppState {
+    pub pool: PgPool,
+    pub auth: Arc<AuthService>,
+    pub runtime: Arc<ActorRuntime>,
+    pub registry: Registry,
+    pub http_metrics: HttpMetrics,
+}
+
+/// The database the hub uses, and the embedded server behind it if the hub runs one.
+pub struct Database {
+    pub pool: PgPool,
+    pub embedded: Option<EmbeddedPostgres>,
+}
+
+impl Database {
+    /// Connects to the configured server, or starts the embedded one.
+    pub async fn open(settings: &Settings) -> anyhow::Result<Database> {
+        let (url, embedded) = match &settings.database_url {
+            Some(url) => (url.clone(), None),
+            None => {
+                let (dir, bin, port) = (settings.data_dir.clone(), settings.pg_bin_dir.clone(), settings.pg_port);
+                let pg = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&dir, bin.as_deref(), port)).await??;
+                create_database_if_missing(&pg.admin_url(), "medhub").await?;
+                (pg.url(), Some(pg))
+            }
+        };
+        let pool = PgPoolOptions::new()
+            .max_connections(settings.db_max_connections)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(&url)
+            .await
+            .context("cannot connect to PostgreSQL (check database_url, or that the server is running)")?;
+        Ok(Database { pool, embedded })
+    }
+
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        MIGRATOR.run(&self.pool).await.context("database migrations failed")?;
+        Ok(())
+    }
+
+    pub async fn close(mut self) {
+        self.pool.close().await;
+        if let Some(mut pg) = self.embedded.take() {
+            let _ = tokio::task::spawn_blocking(move || pg.stop()).await;
+        }
+    }
+}
+
+async fn create_database_if_missing(admin_url: &str, name: &str) -> anyhow::Result<()> {
+    let mut conn = PgConnection::connect(admin_url).await.context("cannot connect to the embedded PostgreSQL")?;
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(name)
+        .fetch_one(&mut conn)
+        .await?;
+    if !exists {
+        sqlx::query(&format!("CREATE DATABASE \"{name}\"")).execute(&mut conn).await?;
+    }
+    conn.close().await?;
+    Ok(())
+}
+
+/// Runs the hub until SIGINT or SIGTERM. With `demo`, seeds the demo tenant first.
+pub async fn serve(settings: Settings, demo: bool) -> anyhow::Result<()> {
+    let database = Database::open(&settings).await?;
+    database.migrate().await?;
+    let pool = database.pool.clone();
+
+    let registry = Registry::new();
+    let actor_metrics = ActorMetrics::register(&registry)?;
+    let realtime_metrics = RealtimeMetrics::register(&registry)?;
+    let http_metrics = HttpMetrics::register(&registry)?;
+
+    let signing_key = auth::signing_key(&pool, settings.jwt_secret.as_deref()).await?;
+    let auth = Arc::new(AuthService::new(pool.clone(), &signing_key, settings.access_token_ttl, settings.refresh_token_ttl));
+    let runtime = ActorRuntime::start(
+        pool.clone(),
+        RuntimeConfig { snapshot_every: settings.snapshot_every, threads: settings.actor_threads },
+        actor_metrics,
+    );
+
+    let demo_users = if demo { Some(seed::seed_demo(&pool, &runtime).await?) } else { None };
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let broker = Arc::new(Broker::new(realtime_metrics.clone()));
+    let broker_task = actix_web::rt::spawn(broker.clone().run(pool.clone(), shutdown_rx.clone()));
+
+    let state = web::Data::new(AppState { pool: pool.clone(), auth: auth.clone(), runtime: runtime.clone(), registry, http_metrics });
+    let realtime = web::Data::new(Realtime {
+        broker,
+        pool: pool.clone(),
+        authenticator: Arc::new(WsAuthenticator(auth)),
+        config: RealtimeConfig {
+            queue_capacity: settings.ws_queue_capacity,
+            heartbeat_interval: settings.ws_heartbeat,
+            client_timeout: settings.ws_client_timeout,
+            auth_timeout: Duration::from_secs(10),
+            replay_limit: settings.ws_replay_limit,
+            max_message_bytes: 64 * 1024,
+        },
+        metrics: realtime_metrics,
+        shutdown: shutdown_rx,
+    });
+    if settings.fault_injection {
+        warn!("fault injection is ENABLED: admins can crash actors on purpose; never run production like this");
+    }
+    let fault_injection = settings.fault_injection;
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .app_data(realtime.clone())
+            .app_data(web::PathConfig::default().error_handler(|e, _| ApiError::invalid("path", e.to_string()).into()))
+            .app_data(web::QueryConfig::default().error_handler(|e, _| {
+                ApiError::BadRequest { code: "invalid_query", field: None, detail: e.to_string() }.into()
+            }))
+            .wrap(from_fn(telemetry::observe))
+            .configure(|cfg| api::routes(cfg, fault_injection))
+            .route("/ws", web::get().to(ws_endpoint))
+            .route("/healthz", web::get().to(healthz))
+            .route("/readyz", web::get().to(readyz))
+            .route("/metrics", web::get().to(metrics))
+            .configure(console::routes)
+            .default_service(web::to(|| async { Err::<HttpResponse, _>(ApiError::not_found("route")) }))
+    })
+    .workers(settings.http_workers)
+    .disable_signals()
+    .shutdown_timeout(settings.shutdown_timeout.as_secs())
+    .bind(settings.listen)
+    .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    let url = format!("http://{}", server.addrs()[0]);
+    let server = server.run();
+    let handle = server.handle();
+    let server_task = actix_web::rt::spawn(server);
+
+    info!(url = %url, "hub listening");
+    if let Some(users) = demo_users {
+        let mut banner = format!(
+            "\n  medhub demo is running: open {url}/\n  tenant: {}   password for every user: {}\n",
+            seed::DEMO_TENANT,
+            seed::DEMO_PASSWORD
+        );
+        for user in users {
+            banner.push_str(&format!("    {:<11} {}\n", user.role.as_str(), user.email));
+        }
+        banner.push_str("  Stop with Ctrl-C.\n");
+        println!("{banner}");
+        info!(url = %url, tenant = seed::DEMO_TENANT, "demo tenant ready");
+    }
+
+    let signal = wait_for_signal().await;
+    info!(signal, "shutting down: draining in-flight requests");
+    let _ = shutdown_tx.send(true);
+    handle.stop(true).await;
+    if let Err(e) = server_task.await {
+        error!(error = %e, "HTTP server task failed");
+    }
+    let runtime_to_stop = runtime.clone();
+    tokio::task::spawn_blocking(move || runtime_to_stop.shutdown()).await?;
+    let _ = broker_task.await;
+    database.close().await;
+    info!("hub stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = match signal(SignalKind::terminate()) {
+        Ok(stream) => stream,
+        Err(e) => {
+            error!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the hub");
+            let _ = tokio::signal::ctrl_c().await;
+            return "SIGINT";
+        }
+    };
+    tokio::select! {
+        _ = terminate.recv() => "SIGTERM",
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+    }
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+/// Ready when the database answers and every migration this build knows is applied.
+async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let latest = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+    let applied: Result<Option<i64>, sqlx::Error> =
+        sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success").fetch_one(&state.pool).await;
+    match applied {
+        Ok(Some(version)) if version >= latest => {
+            HttpResponse::Ok().json(json!({"status": "ready", "database": "ok", "migration": version}))
+        }
+        Ok(version) => HttpResponse::ServiceUnavailable().json(json!({
+            "status": "not_ready", "database": "ok",
+            "detail": format!("migrations applied up to {version:?}, this build needs {latest}; run `hub migrate`"),
+        })),
+        Err(e) => HttpResponse::ServiceUnavailable().json(json!({
+            "status": "not_ready", "database": "unreachable", "detail": e.to_string(),
+        })),
+    }
+}
+
+async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    let mut buffer = Vec::new();
+    match TextEncoder::new().encode(&state.registry.gather(), &mut buffer) {
+        Ok(()) => HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(buffer),
+        Err(e) => HttpResponse::InternalServerError().body(e.to_string()),
+    }
+}

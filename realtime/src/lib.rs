@@ -1,0 +1,15 @@
+//! medhub's live updates: the WebSocket endpoint, its wire protocol, and the fan-out of committed
+//! domain events to the clients subscribed to their topics.
+//!
+//! Events come from PostgreSQL: every command commits its event with a `pg_notify` on
+//! [`medhub_actors::store::EVENTS_CHANNEL`], which PostgreSQL delivers after commit and in commit
+//! order. The [`broker::Broker`] listens, fans each event out to bounded per-connection queues, and
+//! never waits for a client; [`session`] runs one WebSocket connection (auth, subscribe with
+//! catch-up from the event log, heartbeats, the too-slow cut-off).
+
+pub mod broker;
+pub mod metrics;
+pub mod session;
+
+pub use broker::Broker;
+pub use session::{ws_endpoint, Authenticated, Authenticator, Realtime, RealtimeConfig};
