@@ -1,4 +1,4 @@
-//! Request extractors that fail with the API's JSON errors: [`Json`] (the body, naming the field
+//! Request extractors that fail with the API's JSON errors: [`Json`] and [`Body`] (the body, naming the field
 //! at fault), [`Caller`] (a verified access token), and path/query helpers.
 
 use std::future::Future;
@@ -25,21 +25,40 @@ impl<T: DeserializeOwned + 'static> FromRequest for Json<T> {
     type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let body = Body::from_request(req, payload);
+        Box::pin(async move { body.await?.parse().map(Json) })
+    }
+}
+
+/// A JSON body read but not yet parsed: handlers parse it once the caller's role allowed the
+/// request, so a role that may not act learns 403, not how its body would have been judged.
+pub struct Body(web::Bytes);
+
+impl Body {
+    pub fn parse<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
+        if self.0.len() > MAX_BODY_BYTES {
+            return Err(ApiError::BadRequest {
+                code: "invalid_body",
+                field: None,
+                detail: format!("the body is larger than {MAX_BODY_BYTES} bytes"),
+            });
+        }
+        parse_json(&self.0)
+    }
+}
+
+impl FromRequest for Body {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
         let body = web::Bytes::from_request(req, payload);
         Box::pin(async move {
-            let bytes = body.await.map_err(|e| ApiError::BadRequest {
+            body.await.map(Body).map_err(|e| ApiError::BadRequest {
                 code: "invalid_body",
                 field: None,
                 detail: format!("cannot read the request body: {e}"),
-            })?;
-            if bytes.len() > MAX_BODY_BYTES {
-                return Err(ApiError::BadRequest {
-                    code: "invalid_body",
-                    field: None,
-                    detail: format!("the body is larger than {MAX_BODY_BYTES} bytes"),
-                });
-            }
-            parse_json(&bytes).map(Json)
+            })
         })
     }
 }

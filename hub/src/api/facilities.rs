@@ -15,7 +15,7 @@ use medhub_actors::topics::beds_topic;
 use medhub_actors::{GeoPoint, Role};
 
 use super::error::ApiError;
-use super::extract::{path_id, Authenticated, Json};
+use super::extract::{path_id, Authenticated, Body};
 use crate::server::AppState;
 
 /// Who may see wards and beds, and who may change a bed.
@@ -64,8 +64,9 @@ struct FacilityBody {
     wards: Vec<WardBody>,
 }
 
-async fn create(state: web::Data<AppState>, caller: Authenticated, Json(body): Json<FacilityBody>) -> Result<HttpResponse, ApiError> {
+async fn create(state: web::Data<AppState>, caller: Authenticated, body: Body) -> Result<HttpResponse, ApiError> {
     caller.require(&[Role::Admin], "create facilities")?;
+    let body: FacilityBody = body.parse()?;
     let wards = body.wards.into_iter().map(WardBody::parse).collect::<Result<Vec<_>, _>>()?;
     let new = NewFacility::new(&body.name, body.kind, body.location, &body.timezone, wards)?;
     let principal = caller.principal();
@@ -87,11 +88,11 @@ async fn add_ward(
     state: web::Data<AppState>,
     caller: Authenticated,
     path: web::Path<String>,
-    Json(body): Json<WardBody>,
+    body: Body,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(&[Role::Admin], "add wards")?;
     let facility_id = path_id(&path, "facility")?;
-    let ward = body.parse()?;
+    let ward = body.parse::<WardBody>()?.parse()?;
     let principal = caller.principal();
     let actor = state.runtime.facility(principal.tenant_id, &principal.tenant_slug, facility_id).await?;
     let facility = actor.send(AddWard { caller: caller.0.clone(), ward }).await.map_err(medhub_actors::ActorError::from)??;
@@ -110,16 +111,17 @@ async fn change_bed_status(
     state: web::Data<AppState>,
     caller: Authenticated,
     path: web::Path<(String, String)>,
-    Json(body): Json<BedStatusBody>,
+    body: Body,
 ) -> Result<HttpResponse, ApiError> {
     let (facility_id, bed_id) = (path_id(&path.0, "facility")?, path_id(&path.1, "bed")?);
     if let Err(refused) = caller.require(BED_WRITERS, "change beds") {
         let record = AuditRecord::by_caller(&caller.0, "bed.status_change", "bed", bed_id)
             .outcome(Outcome::Denied)
-            .detail(json!({"facility_id": facility_id, "to": body.status.as_str(), "reason": refused.to_string()}));
+            .detail(json!({"facility_id": facility_id, "reason": refused.to_string()}));
         audit::record(&state.pool, caller.principal().tenant_id, &record).await?;
         return Err(refused);
     }
+    let body: BedStatusBody = body.parse()?;
     let principal = caller.principal();
     let actor = state.runtime.facility(principal.tenant_id, &principal.tenant_slug, facility_id).await?;
     let changed = actor

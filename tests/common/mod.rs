@@ -1,0 +1,503 @@
+//! The test harness every story in `tests/` starts from: a private PostgreSQL cluster
+//! ([`TestDb`]), the real `hub` binary as a child process ([`spawn_hub`]), and the clients a user
+//! would hold: an HTTP [`Api`] session and a WebSocket [`Live`] connection.
+//!
+//! Nothing here is mocked. The cluster is the same embedded PostgreSQL the hub runs by default
+//! (initdb + pg_ctl on a loopback port, in a temporary directory, stopped on drop); the hub is the
+//! binary a user runs, built once per test binary, so that SIGTERM and kill -9 are real too.
+
+#![allow(dead_code)] // each test binary uses its own part of the harness
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use uuid::Uuid;
+
+use medhub_actors::Role;
+use medhub_hub::embedded_pg::EmbeddedPostgres;
+
+/// The password every user the harness creates logs in with.
+pub const PASSWORD: &str = "correct horse battery staple";
+
+// ---------------------------------------------------------------------------------------------
+// The database
+
+/// A private PostgreSQL cluster for one test, with the hub's schema applied.
+pub struct TestDb {
+    pub url: String,
+    pub pool: PgPool,
+    // Dropped after the pool: stops the server, then removes its directory.
+    pg: EmbeddedPostgres,
+    dir: tempfile::TempDir,
+}
+
+impl TestDb {
+    pub async fn start() -> TestDb {
+        let dir = tempfile::Builder::new().prefix("medhub-test-").tempdir().expect("temp dir");
+        let data_dir = dir.path().to_owned();
+        let pg = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&data_dir, None, 0))
+            .await
+            .expect("start task")
+            .expect("the embedded PostgreSQL starts (initdb and pg_ctl must be installed)");
+        let mut admin = PgConnection::connect(&pg.admin_url()).await.expect("connect to the test cluster");
+        sqlx::query("CREATE DATABASE medhub").execute(&mut admin).await.expect("create database");
+        admin.close().await.ok();
+        let url = pg.url();
+        let pool = PgPoolOptions::new().max_connections(5).connect(&url).await.expect("connect to the test database");
+        medhub_actors::MIGRATOR.run(&pool).await.expect("migrations apply");
+        TestDb { url, pool, pg, dir }
+    }
+
+    /// A scratch directory for this test (hub data dirs, logs).
+    pub fn scratch(&self, name: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::create_dir_all(&path).expect("scratch dir");
+        path
+    }
+
+    /// Creates a tenant with one user per role; emails are `{role}@{slug}.test`.
+    pub async fn tenant(&self, slug: &str) -> Tenant {
+        let id = medhub_hub::seed::create_tenant(&self.pool, slug, &format!("{slug} hospitals")).await.expect("tenant");
+        for role in Role::ALL {
+            medhub_hub::seed::create_user(&self.pool, slug, &email(slug, role), &format!("{role} of {slug}"), role, PASSWORD)
+                .await
+                .expect("user");
+        }
+        Tenant { id, slug: slug.to_owned() }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Tenant {
+    pub id: Uuid,
+    pub slug: String,
+}
+
+pub fn email(slug: &str, role: Role) -> String {
+    format!("{}@{slug}.test", role.as_str())
+}
+
+impl Tenant {
+    pub fn beds_topic(&self) -> String {
+        format!("tenant/{}/beds", self.slug)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The hub process
+
+/// The `hub` binary, built (debug) once per test binary so that it is never stale.
+pub fn hub_binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        if let Some(path) = std::env::var_os("MEDHUB_HUB_BIN") {
+            return PathBuf::from(path);
+        }
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "-p", "medhub-hub", "--bin", "hub"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("run cargo build for the hub binary");
+        assert!(status.success(), "building the hub binary failed");
+        // Test executables live in target/<profile>/deps.
+        let exe = std::env::current_exe().expect("test executable path");
+        exe.parent().and_then(Path::parent).expect("target dir").join("hub")
+    })
+}
+
+/// A running hub: the child process, its base URL and everything it logged.
+pub struct Hub {
+    child: Child,
+    pub url: String,
+    pub ws_url: String,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+/// Options for [`spawn_hub_with`]: extra command-line flags, and the subcommand.
+pub struct HubOptions {
+    pub command: &'static str,
+    pub args: Vec<String>,
+    /// `None`: the hub runs its own embedded PostgreSQL in `data_dir`.
+    pub database_url: Option<String>,
+    pub data_dir: Option<PathBuf>,
+}
+
+impl HubOptions {
+    pub fn serve(db: &TestDb) -> HubOptions {
+        HubOptions { command: "serve", args: Vec::new(), database_url: Some(db.url.clone()), data_dir: Some(db.scratch("hub")) }
+    }
+
+    pub fn arg(mut self, flag: &str, value: impl ToString) -> HubOptions {
+        self.args.push(flag.to_owned());
+        self.args.push(value.to_string());
+        self
+    }
+}
+
+pub async fn spawn_hub(db: &TestDb) -> Hub {
+    spawn_hub_with(HubOptions::serve(db)).await
+}
+
+pub async fn spawn_hub_with(options: HubOptions) -> Hub {
+    let binary = hub_binary().to_owned();
+    tokio::task::spawn_blocking(move || start_hub(&binary, options)).await.expect("spawn task").expect("the hub starts")
+}
+
+fn start_hub(binary: &Path, options: HubOptions) -> anyhow::Result<Hub> {
+    let mut command = Command::new(binary);
+    command
+        .arg(options.command)
+        .args(["--listen", "127.0.0.1:0", "--http-workers", "2", "--log", "info,actix_server=warn"])
+        .args(&options.args)
+        .env_remove("MEDHUB_DATABASE_URL")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(url) = &options.database_url {
+        command.args(["--database-url", url]);
+    }
+    if let Some(dir) = &options.data_dir {
+        command.arg("--data-dir").arg(dir);
+    }
+    let mut child = command.spawn().with_context(|| format!("cannot run {}", binary.display()))?;
+    let logs = Arc::new(Mutex::new(Vec::new()));
+    let (url_tx, url_rx) = std::sync::mpsc::channel();
+    for stream in [Box::new(child.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>,
+                   Box::new(child.stderr.take().expect("stderr"))] {
+        let (logs, url_tx) = (logs.clone(), url_tx.clone());
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                if std::env::var_os("MEDHUB_TEST_ECHO").is_some() {
+                    eprintln!("[hub] {line}");
+                }
+                if line.contains("hub listening") {
+                    if let Some(url) = line.split("url=").nth(1).and_then(|rest| rest.split_whitespace().next()) {
+                        let _ = url_tx.send(url.to_owned());
+                    }
+                }
+                logs.lock().expect("log lock").push(line);
+            }
+        });
+    }
+    let url = match url_rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(url) => url,
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("the hub did not start listening within 60 s; it logged:\n{}", logs.lock().expect("log lock").join("\n"));
+        }
+    };
+    let ws_url = format!("{}/ws", url.replacen("http://", "ws://", 1));
+    Ok(Hub { child, url, ws_url, logs })
+}
+
+impl Hub {
+    pub fn logs(&self) -> String {
+        self.logs.lock().expect("log lock").join("\n")
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// SIGTERM, then waits (up to 60 s) for the hub to exit on its own.
+    pub async fn terminate(mut self) -> ExitStatus {
+        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+        self.wait_exit(Duration::from_secs(60)).await
+    }
+
+    /// kill -9: no chance to flush or say goodbye.
+    pub async fn kill9(mut self) {
+        unsafe { libc::kill(self.pid(), libc::SIGKILL) };
+        self.wait_exit(Duration::from_secs(10)).await;
+    }
+
+    async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for hub") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("the hub did not exit within {limit:?}; it logged:\n{}", self.logs());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn api(&self) -> Api {
+        Api::new(&self.url)
+    }
+
+    /// Logs in as the tenant's user of `role`.
+    pub async fn login(&self, tenant: &Tenant, role: Role) -> Api {
+        let mut api = self.api();
+        api.login(&tenant.slug, &email(&tenant.slug, role), PASSWORD).await.expect("login");
+        api
+    }
+
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.url)).await.expect("metrics").text().await.expect("metrics body")
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A counter's value in Prometheus text (0 when absent); `series` is the name with its labels
+/// exactly as the hub prints them, e.g. `medhub_actor_restarts_total{actor="facility"}`.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .map_or(0.0, |value| value.trim().parse().expect("metric value"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP
+
+/// What an API call answered: status and JSON body (Null when empty).
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl Reply {
+    pub fn ok(self) -> Value {
+        assert!((200..300).contains(&self.status), "expected success, got {} {}", self.status, self.body);
+        self.body
+    }
+
+    pub fn expect(self, status: u16) -> Value {
+        assert_eq!(self.status, status, "unexpected answer: {}", self.body);
+        self.body
+    }
+}
+
+/// One user's HTTP session with the hub.
+#[derive(Clone)]
+pub struct Api {
+    http: reqwest::Client,
+    base: String,
+    pub token: Option<String>,
+    pub refresh_token: Option<String>,
+    pub user: Value,
+}
+
+impl Api {
+    pub fn new(base: &str) -> Api {
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().expect("http client");
+        Api { http, base: base.to_owned(), token: None, refresh_token: None, user: Value::Null }
+    }
+
+    pub async fn login(&mut self, tenant: &str, email: &str, password: &str) -> anyhow::Result<()> {
+        let reply = self.post("/api/auth/login", json!({"tenant": tenant, "email": email, "password": password})).await?;
+        if reply.status != 200 {
+            bail!("login failed: {} {}", reply.status, reply.body);
+        }
+        self.token = reply.body["access_token"].as_str().map(str::to_owned);
+        self.refresh_token = reply.body["refresh_token"].as_str().map(str::to_owned);
+        self.user = reply.body["user"].clone();
+        Ok(())
+    }
+
+    pub async fn send(&self, method: reqwest::Method, path: &str, body: Option<RawBody>) -> anyhow::Result<Reply> {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        match body {
+            Some(RawBody::Json(value)) => request = request.json(&value),
+            Some(RawBody::Text(text)) => request = request.header("content-type", "application/json").body(text),
+            None => {}
+        }
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        let text = response.text().await?;
+        let body = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).map_err(|e| anyhow!("non-JSON body {text:?}: {e}"))? };
+        Ok(Reply { status, body })
+    }
+
+    pub async fn get(&self, path: &str) -> anyhow::Result<Reply> {
+        self.send(reqwest::Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> anyhow::Result<Reply> {
+        self.send(reqwest::Method::POST, path, Some(RawBody::Json(body))).await
+    }
+
+    pub async fn put(&self, path: &str, body: Value) -> anyhow::Result<Reply> {
+        self.send(reqwest::Method::PUT, path, Some(RawBody::Json(body))).await
+    }
+
+    /// Creates a facility with one general ward of `beds` beds labelled B1..Bn (as an admin).
+    pub async fn create_facility(&self, name: &str, beds: usize) -> Facility {
+        let labels: Vec<String> = (1..=beds).map(|n| format!("B{n}")).collect();
+        let body = self
+            .post(
+                "/api/facilities",
+                json!({"name": name, "kind": "hospital", "location": {"lat": -1.29, "lon": 36.82},
+                       "timezone": "Africa/Nairobi", "wards": [{"name": "General", "kind": "general", "beds": labels}]}),
+            )
+            .await
+            .expect("create facility")
+            .expect(201);
+        Facility::from_json(&body)
+    }
+
+    /// Sets a bed's status; the reply as the hub gave it.
+    pub async fn set_bed(&self, facility: Uuid, bed: Uuid, status: &str) -> anyhow::Result<Reply> {
+        self.put(&format!("/api/facilities/{facility}/beds/{bed}/status"), json!({"status": status})).await
+    }
+}
+
+pub enum RawBody {
+    Json(Value),
+    Text(String),
+}
+
+/// The ids of a facility and its beds, from a facility detail body.
+#[derive(Debug, Clone)]
+pub struct Facility {
+    pub id: Uuid,
+    pub beds: Vec<Uuid>,
+}
+
+impl Facility {
+    pub fn from_json(body: &Value) -> Facility {
+        let id = body["id"].as_str().and_then(|id| id.parse().ok()).expect("facility id");
+        let beds = body["wards"]
+            .as_array()
+            .expect("wards")
+            .iter()
+            .flat_map(|ward| ward["beds"].as_array().expect("beds").iter())
+            .map(|bed| bed["id"].as_str().and_then(|id| id.parse().ok()).expect("bed id"))
+            .collect();
+        Facility { id, beds }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// WebSocket
+
+/// One WebSocket connection to `/ws`, as a console tab holds it.
+pub struct Live {
+    socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Live {
+    /// Connects and authenticates; panics unless the hub answers `ready`.
+    pub async fn connect(hub: &Hub, api: &Api) -> Live {
+        let mut live = Live::connect_raw(hub).await;
+        live.send(json!({"type": "auth", "token": api.token.as_deref().expect("logged in")})).await;
+        let ready = live.next().await;
+        assert_eq!(ready["type"], "ready", "{ready}");
+        live
+    }
+
+    pub async fn connect_raw(hub: &Hub) -> Live {
+        let (socket, _) = tokio_tungstenite::connect_async(hub.ws_url.as_str()).await.expect("websocket connects");
+        Live { socket }
+    }
+
+    pub async fn send(&mut self, message: Value) {
+        self.socket.send(Message::text(message.to_string())).await.expect("websocket send");
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.socket.send(Message::text(text.to_owned())).await.expect("websocket send");
+    }
+
+    /// The next JSON message, waiting at most 10 s.
+    pub async fn next(&mut self) -> Value {
+        self.next_within(Duration::from_secs(10)).await.expect("a message within 10 s")
+    }
+
+    /// The next JSON message, or `None` if none arrives in time or the server closed.
+    pub async fn next_within(&mut self, limit: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let frame = tokio::time::timeout_at(deadline, self.socket.next()).await.ok()??;
+            match frame.ok()? {
+                Message::Text(text) => return Some(serde_json::from_str(text.as_str()).expect("server sends JSON")),
+                Message::Close(_) => return None,
+                _ => continue, // pings are answered by tungstenite itself
+            }
+        }
+    }
+
+    /// Subscribes and returns the `subscribed` answer (or the error).
+    pub async fn subscribe(&mut self, topic: &str, since: Option<i64>) -> Value {
+        let mut message = json!({"type": "subscribe", "topic": topic});
+        if let Some(since) = since {
+            message["since"] = json!(since);
+        }
+        self.send(message).await;
+        self.next().await
+    }
+
+    /// Collects event envelopes (not control messages) until `count` arrived; panics after 30 s.
+    pub async fn events(&mut self, count: usize) -> Vec<Value> {
+        let mut events = Vec::with_capacity(count);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while events.len() < count {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Some(message) = self.next_within(left).await else {
+                panic!("only {} of {count} events arrived: {:?}", events.len(), events.last());
+            };
+            if message.get("seq").is_some() && message["type"] != "subscribed" && message["type"] != "snapshot" {
+                events.push(message);
+            }
+        }
+        events
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A ready world
+
+/// A hub on a fresh database with one tenant ("alpha") and a facility of `beds` beds.
+pub struct World {
+    pub db: TestDb,
+    pub hub: Hub,
+    pub tenant: Tenant,
+    pub admin: Api,
+    pub nurse: Api,
+    pub facility: Facility,
+}
+
+impl World {
+    pub async fn start(beds: usize) -> World {
+        World::start_with(beds, |options| options).await
+    }
+
+    pub async fn start_with(beds: usize, configure: impl FnOnce(HubOptions) -> HubOptions) -> World {
+        let db = TestDb::start().await;
+        let tenant = db.tenant("alpha").await;
+        let hub = spawn_hub_with(configure(HubOptions::serve(&db))).await;
+        let admin = hub.login(&tenant, Role::Admin).await;
+        let nurse = hub.login(&tenant, Role::Nurse).await;
+        let facility = admin.create_facility("Alpha General", beds).await;
+        World { db, hub, tenant, admin, nurse, facility }
+    }
+}
