@@ -213,18 +213,22 @@ impl Hub {
     }
 
     /// SIGTERM, then waits (up to 60 s) for the hub to exit on its own.
-    pub async fn terminate(mut self) -> ExitStatus {
-        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+    pub async fn terminate(&mut self) -> ExitStatus {
+        self.signal(libc::SIGTERM);
         self.wait_exit(Duration::from_secs(60)).await
     }
 
     /// kill -9: no chance to flush or say goodbye.
-    pub async fn kill9(mut self) {
-        unsafe { libc::kill(self.pid(), libc::SIGKILL) };
+    pub async fn kill9(&mut self) {
+        self.signal(libc::SIGKILL);
         self.wait_exit(Duration::from_secs(10)).await;
     }
 
-    async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+    pub fn signal(&self, signal: libc::c_int) {
+        unsafe { libc::kill(self.pid(), signal) };
+    }
+
+    pub async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
         let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait().expect("wait for hub") {
