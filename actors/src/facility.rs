@@ -386,23 +386,30 @@ async fn insert_ward(conn: &mut PgConnection, tenant_id: Uuid, facility: &Facili
         .bind(position)
         .execute(&mut *conn)
         .await?;
-    for (position, bed) in ward.beds.iter().enumerate() {
-        sqlx::query(
-            "INSERT INTO beds (id, tenant_id, facility_id, ward_id, label, position, status, patient_id, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(bed.id)
-        .bind(tenant_id)
-        .bind(facility.id)
-        .bind(ward.id)
-        .bind(&bed.label)
-        .bind(position as i32)
-        .bind(bed.status.as_str())
-        .bind(bed.patient_id)
-        .bind(bed.updated_at)
-        .execute(&mut *conn)
-        .await?;
-    }
+    // One statement for the whole ward: a 500-bed ward is one round trip, not 500.
+    let ids: Vec<Uuid> = ward.beds.iter().map(|bed| bed.id).collect();
+    let labels: Vec<&str> = ward.beds.iter().map(|bed| bed.label.as_str()).collect();
+    let positions: Vec<i32> = (0..ward.beds.len() as i32).collect();
+    let statuses: Vec<&str> = ward.beds.iter().map(|bed| bed.status.as_str()).collect();
+    let patients: Vec<Option<Uuid>> = ward.beds.iter().map(|bed| bed.patient_id).collect();
+    let updated: Vec<DateTime<Utc>> = ward.beds.iter().map(|bed| bed.updated_at).collect();
+    sqlx::query(
+        "INSERT INTO beds (id, tenant_id, facility_id, ward_id, label, position, status, patient_id, updated_at)
+         SELECT id, $2, $3, $4, label, position, status, patient_id, updated_at
+         FROM UNNEST($1::uuid[], $5::text[], $6::int[], $7::text[], $8::uuid[], $9::timestamptz[])
+              AS bed (id, label, position, status, patient_id, updated_at)",
+    )
+    .bind(&ids)
+    .bind(tenant_id)
+    .bind(facility.id)
+    .bind(ward.id)
+    .bind(&labels)
+    .bind(&positions)
+    .bind(&statuses)
+    .bind(&patients)
+    .bind(&updated)
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }
 

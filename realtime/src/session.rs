@@ -152,12 +152,12 @@ async fn run_connection(realtime: Arc<Realtime>, session: Session, mut stream: a
                     None => break None,
                 }
             }
-            Some(delivery) = deliveries.recv() => connection.deliver(delivery).await,
-            _ = kick.raised() => {
-                let _ = connection.send(json!({"type": "error", "error": "too_slow",
-                    "detail": "you fell too far behind the live stream; reconnect and resubscribe with since"})).await;
-                Next::Close(Some(CloseReason { code: CloseCode::Policy, description: Some("too slow".into()) }))
-            }
+            // A client that stops reading blocks the write; the broker's kick ends the wait.
+            Some(delivery) = deliveries.recv() => tokio::select! {
+                next = connection.deliver(delivery) => next,
+                _ = kick.raised() => connection.too_slow().await,
+            },
+            _ = kick.raised() => connection.too_slow().await,
             _ = heartbeat.tick() => connection.on_heartbeat(last_heard).await,
             _ = &mut auth_deadline, if connection.auth.is_none() => {
                 let _ = connection.send(json!({"type": "error", "error": "unauthorized",
@@ -173,9 +173,13 @@ async fn run_connection(realtime: Arc<Realtime>, session: Session, mut stream: a
     };
     realtime.broker.disconnect(connection.broker_connection.id);
     realtime.metrics.connections.dec();
-    let _ = connection.session.close(close).await;
+    // A client that does not read cannot take a close frame either; do not wait for it forever.
+    let _ = tokio::time::timeout(SEND_GRACE, connection.session.close(close)).await;
     debug!("connection ended");
 }
+
+/// How long a message to a stalled client may wait before the connection is given up.
+const SEND_GRACE: Duration = Duration::from_secs(5);
 
 fn outcome(sent: Result<(), actix_ws::Closed>) -> Next {
     match sent {
@@ -195,6 +199,15 @@ impl Connection {
             message["topic"] = json!(topic);
         }
         outcome(self.send(message).await)
+    }
+
+    /// The broker gave up on this client: tell it (if it reads again soon) and disconnect.
+    async fn too_slow(&mut self) -> Next {
+        info!("client fell too far behind the live stream; disconnecting");
+        let told = json!({"type": "error", "error": "too_slow",
+            "detail": "you fell too far behind the live stream; reconnect and resubscribe with since"});
+        let _ = tokio::time::timeout(SEND_GRACE, self.send(told)).await;
+        Next::Close(Some(CloseReason { code: CloseCode::Policy, description: Some("too slow".into()) }))
     }
 
     async fn on_heartbeat(&mut self, last_heard: Instant) -> Next {

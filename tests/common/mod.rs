@@ -505,3 +505,19 @@ impl World {
         World { db, hub, tenant, admin, nurse, facility }
     }
 }
+
+impl Live {
+    /// Like [`Live::connect`], over a socket with a tiny receive buffer: a client on a bad link
+    /// whose screen stops reading fills up quickly.
+    pub async fn connect_with_small_buffer(hub: &Hub, api: &Api) -> Live {
+        let address = hub.url.trim_start_matches("http://").parse().expect("hub address");
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(4096).expect("receive buffer");
+        let stream = socket.connect(address).await.expect("tcp connect");
+        let (socket, _) = tokio_tungstenite::client_async(hub.ws_url.as_str(), MaybeTlsStream::Plain(stream)).await.expect("websocket handshake");
+        let mut live = Live { socket };
+        live.send(json!({"type": "auth", "token": api.token.as_deref().expect("logged in")})).await;
+        assert_eq!(live.next().await["type"], "ready");
+        live
+    }
+}
