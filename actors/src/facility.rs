@@ -20,6 +20,7 @@ use uuid::Uuid;
 
 use crate::audit::AuditRecord;
 use crate::domain::{Caller, GeoPoint, TenantSlug};
+use crate::durable::{self, DurableActor, Reply};
 use crate::error::ActorError;
 use crate::metrics::ActorMetrics;
 use crate::store::{self, Committed, EventDraft};
@@ -559,60 +560,34 @@ impl FacilityActor {
             .ok_or_else(|| ActorError::Unavailable("facility state is not loaded; retry shortly".to_owned()))
     }
 
-    /// Commits `plan` and installs its state, answering with `reply(new state, committed)`.
-    /// A panic in the commit or in `reply` is caught: the caller gets `Crashed` and the actor
-    /// stops, so that its supervisor restarts it from what was committed.
-    fn execute<T: 'static>(
-        &mut self,
-        plan: Plan,
-        reply: impl FnOnce(&Facility, &Committed) -> T + 'static,
-    ) -> AtomicResponse<Self, Result<T, ActorError>> {
+    /// Commits `plan`, then installs its state and answers with `reply(new state, committed)`.
+    fn execute<T: 'static>(&mut self, plan: Plan, reply: impl FnOnce(&Facility, &Committed) -> T + 'static) -> Reply<Self, T> {
         let (pool, tenant_id, snapshot_every, metrics) =
             (self.pool.clone(), self.tenant_id, self.snapshot_every, self.metrics.clone());
         let span = info_span!("command", tenant = %self.tenant, actor = ACTOR, facility_id = %self.facility_id,
                               event = plan.draft.event_type);
         let commit = async move {
-            let committed = commit_plan(&pool, tenant_id, &plan, snapshot_every, &metrics).await;
-            (plan.next_state, committed)
+            let committed = commit_plan(&pool, tenant_id, &plan, snapshot_every, &metrics).await?;
+            Ok((plan.next_state, committed))
         }
         .instrument(span);
-        AtomicResponse::new(Box::pin(AssertUnwindSafe(commit).catch_unwind().into_actor(self).map(
-            move |outcome, actor, ctx| match outcome {
-                Ok((next_state, Ok(committed))) => {
-                    let answer = std::panic::catch_unwind(AssertUnwindSafe(|| reply(&next_state, &committed)));
-                    actor.state = Some(next_state);
-                    actor.finish(answer, ctx)
-                }
-                Ok((_, Err(error))) => {
-                    actor.metrics.commands.with_label_values(&[ACTOR, "failed"]).inc();
-                    Err(error)
-                }
-                Err(_panic) => actor.crashed(ctx),
-            },
-        )))
+        durable::commit_then_install(self, commit, move |actor: &mut Self, next_state, committed| {
+            let answer = reply(&next_state, committed);
+            actor.state = Some(next_state);
+            answer
+        })
+    }
+}
+
+impl DurableActor for FacilityActor {
+    const KIND: &'static str = ACTOR;
+
+    fn metrics(&self) -> &ActorMetrics {
+        &self.metrics
     }
 
-    fn finish<T>(&mut self, answer: std::thread::Result<T>, ctx: &mut Context<Self>) -> Result<T, ActorError> {
-        match answer {
-            Ok(value) => {
-                self.metrics.commands.with_label_values(&[ACTOR, "committed"]).inc();
-                Ok(value)
-            }
-            Err(_panic) => self.crashed(ctx),
-        }
-    }
-
-    fn crashed<T>(&mut self, ctx: &mut Context<Self>) -> Result<T, ActorError> {
-        error!(tenant = %self.tenant, actor = ACTOR, facility_id = %self.facility_id,
-               "handler panicked; stopping so the supervisor restarts from committed state");
-        self.metrics.commands.with_label_values(&[ACTOR, "crashed"]).inc();
-        ctx.stop();
-        Err(ActorError::Crashed(ACTOR))
-    }
-
-    fn refuse<T: 'static>(&self, error: ActorError) -> AtomicResponse<Self, Result<T, ActorError>> {
-        self.metrics.commands.with_label_values(&[ACTOR, "refused"]).inc();
-        AtomicResponse::new(Box::pin(fut::ready(Err(error))))
+    fn log_crash(&self) {
+        error!(tenant = %self.tenant, actor = ACTOR, facility_id = %self.facility_id, "facility handler crashed");
     }
 }
 
@@ -669,33 +644,31 @@ pub struct BedChanged {
 }
 
 impl Handler<ChangeBedStatus> for FacilityActor {
-    type Result = AtomicResponse<Self, Result<BedChanged, ActorError>>;
+    type Result = Reply<Self, BedChanged>;
 
     fn handle(&mut self, msg: ChangeBedStatus, _ctx: &mut Context<Self>) -> Self::Result {
         let facility = match self.current() {
             Ok(facility) => facility,
-            Err(error) => return self.refuse(error),
+            Err(error) => return durable::refuse(self, error),
         };
         let at = Utc::now().trunc_subsecs(6);
-        let decided = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        let decided = durable::decide::<Self, _>(|| {
             decide_bed_change(facility, msg.bed_id, msg.status, msg.patient_id, msg.caller.principal.user_id, at)
-        }));
+        });
         let change = match decided {
             Ok(Ok(Some(change))) => change,
             Ok(Ok(None)) => {
                 let (_, bed) = facility.bed(msg.bed_id).expect("decided against an existing bed");
                 let unchanged = BedChanged { bed: bed.clone(), facility_id: facility.id, version: facility.version, seq: None };
-                return AtomicResponse::new(Box::pin(fut::ready(Ok(unchanged))));
+                return durable::answer(unchanged);
             }
-            Ok(Err(error)) => return self.refuse(error),
-            Err(_panic) => {
-                return AtomicResponse::new(Box::pin(ActorFutureExt::map(fut::ready(()), |_, actor: &mut Self, ctx| actor.crashed(ctx))))
-            }
+            Ok(Err(error)) => return durable::refuse(self, error),
+            Err(()) => return durable::crash_now(),
         };
         let data = serde_json::to_value(&change).expect("events serialise");
         let next_state = match apply(Some(facility.clone()), facility.version + 1, BED_STATUS_CHANGED, &data) {
             Ok(next) => next,
-            Err(detail) => return self.refuse(ActorError::Unavailable(detail)),
+            Err(detail) => return durable::refuse(self, ActorError::Unavailable(detail)),
         };
         let plan = Plan {
             draft: EventDraft {
@@ -731,18 +704,18 @@ pub struct AddWard {
 }
 
 impl Handler<AddWard> for FacilityActor {
-    type Result = AtomicResponse<Self, Result<Facility, ActorError>>;
+    type Result = Reply<Self, Facility>;
 
     fn handle(&mut self, msg: AddWard, _ctx: &mut Context<Self>) -> Self::Result {
         let facility = match self.current() {
             Ok(facility) => facility,
-            Err(error) => return self.refuse(error),
+            Err(error) => return durable::refuse(self, error),
         };
         if facility.wards.iter().any(|ward| ward.name.eq_ignore_ascii_case(&msg.ward.name)) {
-            return self.refuse(ActorError::Conflict(format!("a ward named {:?} already exists here", msg.ward.name)));
+            return durable::refuse(self, ActorError::Conflict(format!("a ward named {:?} already exists here", msg.ward.name)));
         }
         if facility.wards.len() >= 100 {
-            return self.refuse(invalid("wards", "a facility holds at most 100 wards"));
+            return durable::refuse(self, invalid("wards", "a facility holds at most 100 wards"));
         }
         let ward = msg.ward.build(Utc::now().trunc_subsecs(6));
         let mut next_state = facility.clone();
@@ -794,7 +767,7 @@ impl Handler<InjectPanic> for FacilityActor {
         AtomicResponse::new(Box::pin(AssertUnwindSafe(doomed).catch_unwind().into_actor(self).map(
             |outcome, actor, ctx| match outcome {
                 Ok(result) => result,
-                Err(_panic) => actor.crashed(ctx),
+                Err(_panic) => durable::crashed(actor, ctx),
             },
         )))
     }

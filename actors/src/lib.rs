@@ -11,6 +11,7 @@
 
 pub mod audit;
 pub mod domain;
+mod durable;
 pub mod error;
 pub mod facility;
 pub mod metrics;
