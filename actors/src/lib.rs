@@ -15,6 +15,7 @@ mod durable;
 pub mod error;
 pub mod facility;
 pub mod metrics;
+pub mod patients;
 pub mod runtime;
 pub mod store;
 pub mod tenant;

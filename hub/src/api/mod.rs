@@ -8,6 +8,7 @@ pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod facilities;
+pub mod patients;
 
 use actix_web::web;
 
@@ -15,4 +16,5 @@ pub fn routes(cfg: &mut web::ServiceConfig, fault_injection: bool) {
     auth::routes(cfg);
     facilities::routes(cfg, fault_injection);
     audit::routes(cfg);
+    patients::routes(cfg);
 }

@@ -1,0 +1,1 @@
+//! Patient records (being written).
