@@ -14,6 +14,9 @@ pub enum ActorError {
     /// The command conflicts with the current state (e.g. an occupied bed taken out of service).
     #[error("{0}")]
     Conflict(String),
+    /// The time asked for is taken; `conflicting` names what is in the way (e.g. an appointment).
+    #[error("{detail}")]
+    Taken { detail: String, conflicting: serde_json::Value },
     /// The caller's role may not do this.
     #[error("{0}")]
     Forbidden(String),

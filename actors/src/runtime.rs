@@ -13,7 +13,8 @@ use crate::domain::TenantSlug;
 use crate::error::ActorError;
 use crate::facility::FacilityActor;
 use crate::metrics::ActorMetrics;
-use crate::tenant::{FacilityAddr, TenantSupervisor};
+use crate::schedule::DoctorScheduleActor;
+use crate::tenant::{FacilityAddr, ScheduleAddr, TenantSupervisor};
 
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
@@ -67,6 +68,11 @@ impl ActorRuntime {
     /// The actor of a facility of this tenant; `NotFound` for another tenant's facility.
     pub async fn facility(&self, tenant_id: Uuid, tenant: &TenantSlug, facility_id: Uuid) -> Result<Addr<FacilityActor>, ActorError> {
         self.tenant(tenant_id, tenant)?.send(FacilityAddr(facility_id)).await?
+    }
+
+    /// The schedule actor of a doctor of this tenant; `NotFound` for another tenant's doctor.
+    pub async fn schedule(&self, tenant_id: Uuid, tenant: &TenantSlug, doctor_id: Uuid) -> Result<Addr<DoctorScheduleActor>, ActorError> {
+        self.tenant(tenant_id, tenant)?.send(ScheduleAddr(doctor_id)).await?
     }
 
     /// Stops every actor thread. Call after the HTTP server has drained, so that no command

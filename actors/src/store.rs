@@ -86,7 +86,6 @@ pub async fn commit_command(
 /// Appends one event to its stream and topic and announces it (delivered on commit).
 pub async fn append_event(conn: &mut PgConnection, tenant_id: Uuid, draft: &EventDraft) -> Result<Committed, ActorError> {
     let at = Utc::now().trunc_subsecs(6);
-    let stream_seq = draft.expected_version + 1;
     // The upsert takes the topic's row lock until commit: commits of one topic are serialised.
     let topic_seq: i64 = sqlx::query_scalar(
         "INSERT INTO topic_seqs (topic, seq) VALUES ($1, 1)
@@ -95,6 +94,8 @@ pub async fn append_event(conn: &mut PgConnection, tenant_id: Uuid, draft: &Even
     .bind(&draft.topic)
     .fetch_one(&mut *conn)
     .await?;
+    // A topic's own stream (copies, see `publish_copy`) is numbered by the topic.
+    let stream_seq = if draft.stream == draft.topic { topic_seq } else { draft.expected_version + 1 };
     let inserted = sqlx::query(
         "INSERT INTO events (tenant_id, stream, stream_seq, topic, topic_seq, event_type, data, created_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -135,6 +136,13 @@ pub async fn append_event(conn: &mut PgConnection, tenant_id: Uuid, draft: &Even
         .execute(&mut *conn)
         .await?;
     Ok(Committed { stream_seq, topic_seq, at })
+}
+
+/// Publishes a copy of an event on a further topic (e.g. a patient's own feed), in the caller's
+/// transaction. Copies form a stream of their own, named after the topic.
+pub async fn publish_copy(conn: &mut PgConnection, tenant_id: Uuid, topic: &str, event_type: &'static str, data: &Value) -> Result<Committed, ActorError> {
+    let draft = EventDraft { stream: topic.to_owned(), expected_version: 0, topic: topic.to_owned(), event_type, data: data.clone() };
+    append_event(conn, tenant_id, &draft).await
 }
 
 pub async fn save_snapshot(

@@ -1,8 +1,12 @@
 //! The `TenantSupervisor`: one per tenant. It starts the tenant's child actors on demand by key,
 //! keeps their addresses, and runs each under actix's `Supervisor` so that a child that crashes is
 //! restarted in place (same address, same mailbox) and recovers its committed state.
+//!
+//! Children: a `FacilityActor` per facility and a `DoctorScheduleActor` per doctor. Looking one up
+//! is atomic, so two first requests for one key can never start two writers.
 
 use std::collections::HashMap;
+use std::future::Future;
 
 use actix::prelude::*;
 use sqlx::PgPool;
@@ -13,6 +17,7 @@ use crate::domain::{Caller, TenantSlug};
 use crate::error::ActorError;
 use crate::facility::{self, Facility, FacilityActor, NewFacility};
 use crate::metrics::ActorMetrics;
+use crate::schedule::{self, DoctorScheduleActor, NewDoctor, Schedule};
 
 pub struct TenantSupervisor {
     tenant_id: Uuid,
@@ -21,23 +26,79 @@ pub struct TenantSupervisor {
     snapshot_every: i64,
     metrics: ActorMetrics,
     facilities: HashMap<Uuid, Addr<FacilityActor>>,
+    schedules: HashMap<Uuid, Addr<DoctorScheduleActor>>,
+}
+
+/// A kind of child: how to recover its state and start it, and where its address is kept.
+trait Child: Actor<Context = Context<Self>> + Supervised + Send {
+    type State: Send + 'static;
+    const NAME: &'static str;
+    fn recover(pool: PgPool, tenant_id: Uuid, id: Uuid) -> impl Future<Output = Result<Option<Self::State>, ActorError>> + 'static;
+    fn build(supervisor: &TenantSupervisor, state: Self::State) -> Self;
+    fn id(state: &Self::State) -> Uuid;
+    fn registry(supervisor: &mut TenantSupervisor) -> &mut HashMap<Uuid, Addr<Self>>;
+}
+
+impl Child for FacilityActor {
+    type State = Facility;
+    const NAME: &'static str = "facility";
+    fn recover(pool: PgPool, tenant_id: Uuid, id: Uuid) -> impl Future<Output = Result<Option<Facility>, ActorError>> + 'static {
+        async move { facility::recover(&pool, tenant_id, id).await }
+    }
+    fn build(s: &TenantSupervisor, state: Facility) -> Self {
+        FacilityActor::new(s.tenant_id, s.tenant.clone(), state, s.pool.clone(), s.snapshot_every, s.metrics.clone())
+    }
+    fn id(state: &Facility) -> Uuid {
+        state.id
+    }
+    fn registry(s: &mut TenantSupervisor) -> &mut HashMap<Uuid, Addr<Self>> {
+        &mut s.facilities
+    }
+}
+
+impl Child for DoctorScheduleActor {
+    type State = Schedule;
+    const NAME: &'static str = "doctor";
+    fn recover(pool: PgPool, tenant_id: Uuid, id: Uuid) -> impl Future<Output = Result<Option<Schedule>, ActorError>> + 'static {
+        async move { schedule::recover(&pool, tenant_id, id).await }
+    }
+    fn build(s: &TenantSupervisor, state: Schedule) -> Self {
+        DoctorScheduleActor::new(s.tenant_id, s.tenant.clone(), state, s.pool.clone(), s.snapshot_every, s.metrics.clone())
+    }
+    fn id(state: &Schedule) -> Uuid {
+        state.profile.id
+    }
+    fn registry(s: &mut TenantSupervisor) -> &mut HashMap<Uuid, Addr<Self>> {
+        &mut s.schedules
+    }
 }
 
 impl TenantSupervisor {
     pub(crate) fn new(tenant_id: Uuid, tenant: TenantSlug, pool: PgPool, snapshot_every: i64, metrics: ActorMetrics) -> Self {
-        TenantSupervisor { tenant_id, tenant, pool, snapshot_every, metrics, facilities: HashMap::new() }
+        TenantSupervisor { tenant_id, tenant, pool, snapshot_every, metrics, facilities: HashMap::new(), schedules: HashMap::new() }
     }
 
-    fn start_facility(&mut self, state: Facility) -> Addr<FacilityActor> {
-        let id = state.id;
-        let (tenant_id, tenant, pool, every, metrics) =
-            (self.tenant_id, self.tenant.clone(), self.pool.clone(), self.snapshot_every, self.metrics.clone());
+    fn start_child<C: Child>(&mut self, state: C::State) -> Addr<C> {
+        let id = C::id(&state);
+        let actor = C::build(self, state);
         // Children live on the supervisor's arbiter: one thread per tenant's actors.
-        let addr = Supervisor::start_in_arbiter(&Arbiter::current(), move |_| {
-            FacilityActor::new(tenant_id, tenant, state, pool, every, metrics)
-        });
-        self.facilities.insert(id, addr.clone());
+        let addr = Supervisor::start_in_arbiter(&Arbiter::current(), move |_| actor);
+        C::registry(self).insert(id, addr.clone());
         addr
+    }
+
+    /// The child's address, recovering and starting it on first use.
+    fn child<C: Child>(&mut self, id: Uuid) -> AtomicResponse<Self, Result<Addr<C>, ActorError>> {
+        if let Some(addr) = C::registry(self).get(&id).filter(|addr| addr.connected()) {
+            return AtomicResponse::new(Box::pin(fut::ready(Ok(addr.clone()))));
+        }
+        let span = info_span!("start_child", tenant = %self.tenant, actor = C::NAME, %id);
+        AtomicResponse::new(Box::pin(C::recover(self.pool.clone(), self.tenant_id, id).instrument(span).into_actor(self).map(
+            move |recovered, supervisor, _ctx| match recovered? {
+                Some(state) => Ok(supervisor.start_child::<C>(state)),
+                None => Err(ActorError::NotFound(C::NAME)),
+            },
+        )))
     }
 }
 
@@ -51,7 +112,7 @@ impl Actor for TenantSupervisor {
 
 impl actix::Supervised for TenantSupervisor {
     fn restarting(&mut self, _ctx: &mut Context<Self>) {
-        // The children map survives a restart, so no facility ever gets a second writer.
+        // The children maps survive a restart, so no child ever gets a second writer.
         self.metrics.restarts.with_label_values(&["tenant"]).inc();
     }
 }
@@ -64,22 +125,21 @@ pub struct FacilityAddr(pub Uuid);
 impl Handler<FacilityAddr> for TenantSupervisor {
     type Result = AtomicResponse<Self, Result<Addr<FacilityActor>, ActorError>>;
 
-    fn handle(&mut self, FacilityAddr(facility_id): FacilityAddr, _ctx: &mut Context<Self>) -> Self::Result {
-        if let Some(addr) = self.facilities.get(&facility_id).filter(|addr| addr.connected()) {
-            return AtomicResponse::new(Box::pin(fut::ready(Ok(addr.clone()))));
-        }
-        let (pool, tenant_id) = (self.pool.clone(), self.tenant_id);
-        let span = info_span!("start_child", tenant = %self.tenant, actor = "facility", %facility_id);
-        // Atomic: two first requests for one facility cannot start two actors.
-        AtomicResponse::new(Box::pin(
-            async move { facility::recover(&pool, tenant_id, facility_id).await }
-                .instrument(span)
-                .into_actor(self)
-                .map(|recovered, supervisor, _ctx| match recovered? {
-                    Some(state) => Ok(supervisor.start_facility(state)),
-                    None => Err(ActorError::NotFound("facility")),
-                }),
-        ))
+    fn handle(&mut self, FacilityAddr(id): FacilityAddr, _ctx: &mut Context<Self>) -> Self::Result {
+        self.child::<FacilityActor>(id)
+    }
+}
+
+/// The address of a doctor's schedule actor, starting (and recovering) it on first use.
+#[derive(Message)]
+#[rtype(result = "Result<Addr<DoctorScheduleActor>, ActorError>")]
+pub struct ScheduleAddr(pub Uuid);
+
+impl Handler<ScheduleAddr> for TenantSupervisor {
+    type Result = AtomicResponse<Self, Result<Addr<DoctorScheduleActor>, ActorError>>;
+
+    fn handle(&mut self, ScheduleAddr(id): ScheduleAddr, _ctx: &mut Context<Self>) -> Self::Result {
+        self.child::<DoctorScheduleActor>(id)
     }
 }
 
@@ -104,8 +164,36 @@ impl Handler<CreateFacility> for TenantSupervisor {
                 .into_actor(self)
                 .map(|created, supervisor, _ctx| {
                     let facility = created?;
-                    supervisor.start_facility(facility.clone());
+                    supervisor.start_child::<FacilityActor>(facility.clone());
                     Ok(facility)
+                }),
+        )
+    }
+}
+
+/// Registers a doctor (their schedule's first event) and starts the schedule's actor.
+#[derive(Message)]
+#[rtype(result = "Result<Schedule, ActorError>")]
+pub struct RegisterDoctor {
+    pub caller: Caller,
+    pub doctor: NewDoctor,
+}
+
+impl Handler<RegisterDoctor> for TenantSupervisor {
+    type Result = ResponseActFuture<Self, Result<Schedule, ActorError>>;
+
+    fn handle(&mut self, msg: RegisterDoctor, _ctx: &mut Context<Self>) -> Self::Result {
+        let (pool, tenant_id, tenant, every, metrics) =
+            (self.pool.clone(), self.tenant_id, self.tenant.clone(), self.snapshot_every, self.metrics.clone());
+        let span = info_span!("command", tenant = %self.tenant, actor = "tenant", command = "register_doctor");
+        Box::pin(
+            async move { schedule::register(&pool, tenant_id, &tenant, &msg.caller, &msg.doctor, every, &metrics).await }
+                .instrument(span)
+                .into_actor(self)
+                .map(|registered, supervisor, _ctx| {
+                    let schedule = registered?;
+                    supervisor.start_child::<DoctorScheduleActor>(schedule.clone());
+                    Ok(schedule)
                 }),
         )
     }

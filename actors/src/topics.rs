@@ -6,9 +6,21 @@ use sqlx::PgPool;
 
 use crate::domain::{Principal, Role, TenantSlug};
 use crate::facility;
+use crate::schedule::{self, AppointmentsOf};
+use uuid::Uuid;
 
 pub fn beds_topic(tenant: &TenantSlug) -> String {
     format!("tenant/{tenant}/beds")
+}
+
+pub fn schedule_topic(tenant: &TenantSlug, doctor_id: Uuid) -> String {
+    format!("tenant/{tenant}/schedule/{doctor_id}")
+}
+
+/// A user's own feed: what concerns them personally (a patient's appointments, later their
+/// prescriptions).
+pub fn user_topic(tenant: &TenantSlug, user_id: Uuid) -> String {
+    format!("tenant/{tenant}/user/{user_id}")
 }
 
 /// A topic a client may subscribe to.
@@ -16,6 +28,10 @@ pub fn beds_topic(tenant: &TenantSlug) -> String {
 pub enum Topic {
     /// `tenant/{t}/beds`: every facility's wards and beds.
     Beds { tenant: TenantSlug },
+    /// `tenant/{t}/schedule/{doctor}`: one doctor's appointments, hours and time off.
+    Schedule { tenant: TenantSlug, doctor_id: Uuid },
+    /// `tenant/{t}/user/{user}`: one user's own feed.
+    User { tenant: TenantSlug, user_id: Uuid },
 }
 
 /// Why a subscription was refused, as told to the client.
@@ -25,12 +41,20 @@ pub struct Refusal {
     pub detail: String,
 }
 
+/// Who may watch which topic.
+const BED_WATCHERS: &[Role] = &[Role::Admin, Role::Dispatcher, Role::Doctor, Role::Nurse];
+const SCHEDULE_WATCHERS: &[Role] = &[Role::Admin, Role::Doctor, Role::Nurse];
+
 impl Topic {
     pub fn parse(name: &str) -> Result<Topic, Refusal> {
         let unknown = || Refusal { error: "unknown_topic", detail: format!("{name:?} is not a topic this hub publishes") };
         let parts: Vec<&str> = name.split('/').collect();
+        let tenant = |slug: &str| TenantSlug::parse(slug).map_err(|_| unknown());
+        let id = |text: &str| Uuid::parse_str(text).map_err(|_| unknown());
         match parts.as_slice() {
-            ["tenant", tenant, "beds"] => Ok(Topic::Beds { tenant: TenantSlug::parse(tenant).map_err(|_| unknown())? }),
+            ["tenant", slug, "beds"] => Ok(Topic::Beds { tenant: tenant(slug)? }),
+            ["tenant", slug, "schedule", doctor] => Ok(Topic::Schedule { tenant: tenant(slug)?, doctor_id: id(doctor)? }),
+            ["tenant", slug, "user", user] => Ok(Topic::User { tenant: tenant(slug)?, user_id: id(user)? }),
             _ => Err(unknown()),
         }
     }
@@ -38,12 +62,14 @@ impl Topic {
     pub fn name(&self) -> String {
         match self {
             Topic::Beds { tenant } => beds_topic(tenant),
+            Topic::Schedule { tenant, doctor_id } => schedule_topic(tenant, *doctor_id),
+            Topic::User { tenant, user_id } => user_topic(tenant, *user_id),
         }
     }
 
     fn tenant(&self) -> &TenantSlug {
         match self {
-            Topic::Beds { tenant } => tenant,
+            Topic::Beds { tenant } | Topic::Schedule { tenant, .. } | Topic::User { tenant, .. } => tenant,
         }
     }
 
@@ -53,13 +79,15 @@ impl Topic {
         if self.tenant() != &principal.tenant_slug {
             return Err(Refusal { error: "forbidden", detail: format!("{} is not a topic of your tenant", self.name()) });
         }
-        let allowed: &[Role] = match self {
-            Topic::Beds { .. } => &[Role::Admin, Role::Dispatcher, Role::Doctor, Role::Nurse],
+        let allowed = match self {
+            Topic::Beds { .. } => principal.has_role(BED_WATCHERS),
+            Topic::Schedule { .. } => principal.has_role(SCHEDULE_WATCHERS),
+            Topic::User { user_id, .. } => *user_id == principal.user_id,
         };
-        if principal.has_role(allowed) {
+        if allowed {
             Ok(())
         } else {
-            Err(Refusal { error: "forbidden", detail: format!("role {} may not watch {}", principal.role, self.name()) })
+            Err(Refusal { error: "forbidden", detail: format!("{} {} may not watch {}", principal.role, principal.user_id, self.name()) })
         }
     }
 
@@ -70,6 +98,16 @@ impl Topic {
                 let (seq, facilities) = facility::bed_board(pool, principal.tenant_id, &beds_topic(tenant)).await?;
                 Ok((seq, json!({"seq": seq, "facilities": facilities})))
             }
+            Topic::Schedule { tenant, doctor_id } => {
+                let (seq, appointments) =
+                    schedule::topic_snapshot(pool, principal.tenant_id, &self.name(), AppointmentsOf::Doctor(*doctor_id)).await?;
+                Ok((seq, json!({"seq": seq, "doctor_id": doctor_id, "tenant": tenant, "appointments": appointments})))
+            }
+            Topic::User { user_id, .. } => {
+                let (seq, appointments) =
+                    schedule::topic_snapshot(pool, principal.tenant_id, &self.name(), AppointmentsOf::PatientUser(*user_id)).await?;
+                Ok((seq, json!({"seq": seq, "appointments": appointments})))
+            }
         }
     }
 }
@@ -77,7 +115,6 @@ impl Topic {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use uuid::Uuid;
 
     fn principal(tenant: &str, role: Role) -> Principal {
         Principal {
@@ -96,6 +133,20 @@ mod tests {
         assert!(topic.authorize(&principal("alpha", Role::Dispatcher)).is_ok());
         assert_eq!(topic.authorize(&principal("alpha", Role::Patient)).unwrap_err().error, "forbidden");
         assert_eq!(topic.authorize(&principal("beta", Role::Admin)).unwrap_err().error, "forbidden");
+    }
+
+    #[test]
+    fn schedules_are_for_clinical_staff_and_user_feeds_for_their_user_only() {
+        let doctor = Uuid::new_v4();
+        let topic = Topic::parse(&format!("tenant/alpha/schedule/{doctor}")).unwrap();
+        assert_eq!(topic, Topic::Schedule { tenant: TenantSlug::parse("alpha").unwrap(), doctor_id: doctor });
+        assert!(topic.authorize(&principal("alpha", Role::Nurse)).is_ok());
+        assert_eq!(topic.authorize(&principal("alpha", Role::Dispatcher)).unwrap_err().error, "forbidden");
+        let me = principal("alpha", Role::Patient);
+        let mine = Topic::parse(&format!("tenant/alpha/user/{}", me.user_id)).unwrap();
+        assert!(mine.authorize(&me).is_ok());
+        assert!(mine.authorize(&principal("alpha", Role::Admin)).is_err());
+        assert_eq!(Topic::parse("tenant/alpha/schedule/not-a-uuid").unwrap_err().error, "unknown_topic");
     }
 
     #[test]

@@ -85,6 +85,14 @@ pub struct ConfigArgs {
     #[arg(long, env = "MEDHUB_WS_REPLAY_LIMIT", global = true)]
     pub ws_replay_limit: Option<i64>,
 
+    /// Seconds before an appointment that its reminder goes out [default: 3600].
+    #[arg(long, env = "MEDHUB_REMINDER_LEAD_SECS", global = true)]
+    pub reminder_lead_secs: Option<u64>,
+
+    /// Seconds between sweeps for due appointment reminders [default: 15].
+    #[arg(long, env = "MEDHUB_REMINDER_SWEEP_SECS", global = true)]
+    pub reminder_sweep_secs: Option<u64>,
+
     /// Seconds graceful shutdown waits for in-flight requests [default: 10].
     #[arg(long, env = "MEDHUB_SHUTDOWN_TIMEOUT_SECS", global = true)]
     pub shutdown_timeout_secs: Option<u64>,
@@ -127,6 +135,8 @@ pub struct Settings {
     pub ws_heartbeat: Duration,
     pub ws_client_timeout: Duration,
     pub ws_replay_limit: i64,
+    pub reminder_lead: Duration,
+    pub reminder_sweep: Duration,
     pub shutdown_timeout: Duration,
     pub log: String,
     pub log_format: LogFormat,
@@ -148,7 +158,8 @@ impl Settings {
         };
         prefer!(cli, file; listen, database_url, data_dir, pg_bin_dir, pg_port, db_max_connections, jwt_secret,
             access_token_ttl_secs, refresh_token_ttl_secs, snapshot_every, actor_threads, http_workers,
-            ws_queue_capacity, ws_heartbeat_secs, ws_client_timeout_secs, ws_replay_limit, shutdown_timeout_secs,
+            ws_queue_capacity, ws_heartbeat_secs, ws_client_timeout_secs, ws_replay_limit, reminder_lead_secs,
+            reminder_sweep_secs, shutdown_timeout_secs,
             log, log_format, enable_fault_injection);
 
         let log_format = match log_format.as_deref().unwrap_or("text") {
@@ -186,6 +197,8 @@ impl Settings {
             ws_heartbeat: Duration::from_secs(positive("ws_heartbeat_secs", ws_heartbeat_secs.unwrap_or(10))?),
             ws_client_timeout: Duration::from_secs(positive("ws_client_timeout_secs", ws_client_timeout_secs.unwrap_or(30))?),
             ws_replay_limit: positive("ws_replay_limit", ws_replay_limit.unwrap_or(1000).max(0) as u64)? as i64,
+            reminder_lead: Duration::from_secs(positive("reminder_lead_secs", reminder_lead_secs.unwrap_or(3600))?),
+            reminder_sweep: Duration::from_secs(positive("reminder_sweep_secs", reminder_sweep_secs.unwrap_or(15))?),
             shutdown_timeout: Duration::from_secs(shutdown_timeout_secs.unwrap_or(10)),
             log: log.unwrap_or_else(|| "info".to_owned()),
             log_format,

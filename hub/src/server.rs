@@ -21,7 +21,7 @@ use tracing::{error, info, warn};
 
 use medhub_actors::metrics::ActorMetrics;
 use medhub_actors::runtime::{ActorRuntime, RuntimeConfig};
-use medhub_actors::MIGRATOR;
+use medhub_actors::{reminders, MIGRATOR};
 use medhub_realtime::metrics::RealtimeMetrics;
 use medhub_realtime::{ws_endpoint, Broker, Realtime, RealtimeConfig};
 
@@ -120,6 +120,13 @@ pub async fn serve(settings: Settings, demo: bool) -> anyhow::Result<()> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let broker = Arc::new(Broker::new(realtime_metrics.clone()));
     let broker_task = actix_web::rt::spawn(broker.clone().run(pool.clone(), shutdown_rx.clone()));
+    let reminder_task = actix_web::rt::spawn(reminders::run(
+        runtime.clone(),
+        pool.clone(),
+        settings.reminder_lead,
+        settings.reminder_sweep,
+        shutdown_rx.clone(),
+    ));
 
     let state = web::Data::new(AppState { pool: pool.clone(), auth: auth.clone(), runtime: runtime.clone(), registry, http_metrics });
     let realtime = web::Data::new(Realtime {
@@ -190,6 +197,7 @@ pub async fn serve(settings: Settings, demo: bool) -> anyhow::Result<()> {
     if let Err(e) = server_task.await {
         error!(error = %e, "HTTP server task failed");
     }
+    let _ = reminder_task.await;
     let runtime_to_stop = runtime.clone();
     tokio::task::spawn_blocking(move || runtime_to_stop.shutdown()).await?;
     let _ = broker_task.await;

@@ -17,6 +17,8 @@ pub enum ApiError {
     Forbidden(String),
     NotFound(String),
     Conflict(String),
+    /// A conflict with something identifiable: the body names it under `conflicting_appointment`.
+    ConflictWith { detail: String, conflicting: serde_json::Value },
     Unavailable(String),
     Internal(String),
 }
@@ -39,6 +41,7 @@ impl std::fmt::Display for ApiError {
             | ApiError::Forbidden(detail)
             | ApiError::NotFound(detail)
             | ApiError::Conflict(detail)
+            | ApiError::ConflictWith { detail, .. }
             | ApiError::Unavailable(detail)
             | ApiError::Internal(detail) => f.write_str(detail),
         }
@@ -52,7 +55,7 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Conflict(_) | ApiError::ConflictWith { .. } => StatusCode::CONFLICT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -64,7 +67,7 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized(_) => ("unauthorized", None),
             ApiError::Forbidden(_) => ("forbidden", None),
             ApiError::NotFound(_) => ("not_found", None),
-            ApiError::Conflict(_) => ("conflict", None),
+            ApiError::Conflict(_) | ApiError::ConflictWith { .. } => ("conflict", None),
             ApiError::Unavailable(_) => ("unavailable", None),
             ApiError::Internal(_) => ("internal", None),
         };
@@ -75,6 +78,9 @@ impl ResponseError for ApiError {
         let mut body = json!({"error": code, "detail": detail});
         if let Some(field) = field {
             body["field"] = json!(field);
+        }
+        if let ApiError::ConflictWith { conflicting, .. } = self {
+            body["conflicting_appointment"] = conflicting.clone();
         }
         let mut response = HttpResponse::build(self.status_code());
         if matches!(self, ApiError::Unavailable(_)) {
@@ -105,6 +111,7 @@ impl From<ActorError> for ApiError {
             ActorError::NotFound(what) => ApiError::not_found(what),
             ActorError::Invalid { field, detail } => ApiError::invalid(field, detail),
             ActorError::Conflict(detail) => ApiError::Conflict(detail),
+            ActorError::Taken { detail, conflicting } => ApiError::ConflictWith { detail, conflicting },
             ActorError::Forbidden(detail) => ApiError::Forbidden(detail),
             ActorError::Crashed(_) | ActorError::Unavailable(_) => ApiError::Unavailable(e.to_string()),
             ActorError::Database(db) => db.into(),
