@@ -1,1 +1,470 @@
+// The live bed board: every facility of the tenant, its wards and their beds, kept current from
+// the `tenant/{slug}/beds` topic. The snapshot draws the board; `bed.status_changed` updates one
+// tile in place; `facility.created` and `ward.added` redraw that facility. Nurses and admins
+// change a bed's status from its tile, through the HTTP API; the change comes back as an event.
+//
+// For automated tests (and anyone inspecting the page) every tile carries `data-bed-id` and
+// `data-status`, and the board root carries `data-seq`, the last seq applied; all kept current.
 
+import { request } from './api.js';
+import { h, replaceChildren, formatTime, formatDateTime, shortId, isUuid, timeElement } from './dom.js';
+
+export const STATUSES = ['free', 'occupied', 'cleaning', 'out_of_service'];
+
+export const STATUS_LABELS = {
+  free: 'Free',
+  occupied: 'Occupied',
+  cleaning: 'Cleaning',
+  out_of_service: 'Out of service',
+};
+
+const FACILITY_KINDS = { hospital: 'Hospital', clinic: 'Clinic', health_centre: 'Health centre' };
+const WARD_KINDS = {
+  emergency: 'Emergency', icu: 'Intensive care', general: 'General', maternity: 'Maternity',
+  paediatric: 'Paediatric', surgical: 'Surgical',
+};
+
+/** Roles the hub lets change a bed (`PUT .../beds/{id}/status`). */
+const BED_WRITERS = ['nurse', 'admin'];
+
+function countBeds(beds) {
+  const counts = Object.fromEntries(STATUSES.map((status) => [status, 0]));
+  for (const bed of beds) counts[bed.status] = (counts[bed.status] || 0) + 1;
+  return counts;
+}
+
+function sameWords(a, b) {
+  return String(a).trim().toLowerCase() === String(b).trim().toLowerCase();
+}
+
+function facilityBeds(facility) {
+  return facility.wards.flatMap((ward) => ward.beds);
+}
+
+function statusBadge(status) {
+  return h('span', { class: ['status', `status--${status}`] },
+    h('span', { class: 'status__mark', 'aria-hidden': 'true' }),
+    STATUS_LABELS[status] || status);
+}
+
+/** One count per status, colour-coded and labelled: "Free 12", "Occupied 3", ... */
+function countList(counts, className) {
+  return h('ul', { class: ['counts', className], 'aria-label': 'Beds by status' },
+    STATUSES.map((status) => h('li', { class: ['count', `count--${status}`] },
+      h('span', { class: 'status__mark', 'aria-hidden': 'true' }),
+      h('span', { class: 'count__label' }, STATUS_LABELS[status]),
+      h('strong', { class: 'count__value' }, String(counts[status])))));
+}
+
+/**
+ * Mounts the board into `container` for `user`, fed by `live`. Returns a function that unmounts
+ * it (unsubscribes and closes any open dialog).
+ */
+export function mountBedBoard(container, { user, live, announce }) {
+  const topic = `tenant/${user.tenant.slug}/beds`;
+  const canChange = BED_WRITERS.includes(user.role);
+  /** Facilities in display order (by name, as the hub sends them). */
+  let facilities = [];
+  let seq = null;
+  /** bed id → {element, bed, ward, facility} */
+  const tiles = new Map();
+  let filterFacility = '';
+  let filterStatus = 'all';
+
+  const totals = h('div', { class: 'board__totals' });
+  const body = h('div', { class: 'board__body', 'aria-busy': 'true' },
+    h('p', { class: 'placeholder' }, 'Loading the bed board…'));
+  const updated = h('p', { class: 'board__updated muted', 'aria-live': 'off' });
+  const facilitySelect = h('select', { id: 'board-facility', onchange: () => { filterFacility = facilitySelect.value; applyFilters(); renderTotals(); } });
+  const statusSelect = h('select', { id: 'board-status', onchange: () => { filterStatus = statusSelect.value; applyFilters(); } },
+    h('option', { value: 'all' }, 'All statuses'),
+    STATUSES.map((status) => h('option', { value: status }, STATUS_LABELS[status])));
+  const problem = h('div', { class: 'board__problem', role: 'alert' });
+  const stale = h('div', { class: 'notice notice--warning', role: 'status', hidden: true });
+
+  const root = h('section', { class: 'board', id: 'bed-board', 'aria-labelledby': 'page-title', dataset: { seq: '', show: 'all' } },
+    h('header', { class: 'page-header' },
+      h('div', {},
+        h('h1', { id: 'page-title', tabindex: '-1' }, 'Bed board'),
+        h('p', { class: 'muted' }, canChange
+          ? 'Live status of every bed. Select a bed to change its status.'
+          : 'Live status of every bed in your hospital group.')),
+      updated),
+    problem,
+    stale,
+    totals,
+    h('div', { class: 'board__filters' },
+      h('div', { class: 'field field--inline' }, h('label', { for: 'board-facility' }, 'Facility'), facilitySelect),
+      h('div', { class: 'field field--inline' }, h('label', { for: 'board-status' }, 'Show'), statusSelect)),
+    body);
+  replaceChildren(container, root);
+
+  const dialog = canChange ? createChangeDialog() : null;
+  if (dialog) root.append(dialog.element);
+
+  const unsubscribe = live.subscribe(topic, onMessage);
+
+  // A board that silently stops updating is worse than none: say so while the line is down
+  // (after a short grace, so a quick reconnect does not flash a warning).
+  let staleTimer = null;
+  const stopWatchingStatus = live.onStatus((status) => {
+    clearTimeout(staleTimer);
+    if (status === 'connected' || status === 'idle' || status === 'connecting') {
+      stale.hidden = true;
+      return;
+    }
+    staleTimer = setTimeout(() => {
+      replaceChildren(stale, h('strong', {}, 'Live updates paused. '),
+        status === 'closed'
+          ? 'The connection to the hub is closed; sign in again to resume.'
+          : 'Reconnecting to the hub; the board shows the last known state and catches up automatically once connected.');
+      stale.hidden = false;
+    }, 2_000);
+  });
+
+  function onMessage(message) {
+    switch (message.type) {
+      case 'snapshot':
+        problem.replaceChildren();
+        facilities = [...message.data.facilities];
+        setSeq(message.seq);
+        renderAll();
+        break;
+      case 'bed.status_changed':
+        applyBedChange(message.data);
+        setSeq(message.seq, message.ts);
+        break;
+      case 'facility.created':
+      case 'ward.added':
+        upsertFacility(message.data);
+        setSeq(message.seq, message.ts);
+        break;
+      case 'error':
+        showProblem(message);
+        break;
+      default:
+        // Another event type on this topic, newer than this console: the snapshot after a
+        // resync shows its effect.
+        console.info(`medhub beds: unknown event ${message.type}; resyncing`);
+        live.resync(topic);
+    }
+  }
+
+  function setSeq(value, ts) {
+    seq = value;
+    root.dataset.seq = String(value);
+    // After a snapshot the board is current as of now; after an event, as of that event.
+    replaceChildren(updated, ts ? 'Last change ' : 'Loaded ', timeElement(ts || new Date().toISOString(), formatTime(ts || new Date().toISOString())));
+  }
+
+  function showProblem(message) {
+    body.setAttribute('aria-busy', 'false');
+    const text = message.error === 'forbidden'
+      ? 'Your role may not watch the bed board.'
+      : message.error === 'unavailable'
+        ? 'The hub cannot read the bed board right now; retrying…'
+        : `The bed board is not available (${message.error}).`;
+    replaceChildren(problem, h('div', { class: 'notice notice--error' },
+      h('strong', {}, text), message.detail ? h('p', {}, message.detail) : null));
+  }
+
+  function renderAll() {
+    tiles.clear();
+    body.setAttribute('aria-busy', 'false');
+    renderFacilityOptions();
+    if (facilities.length === 0) {
+      replaceChildren(body, h('p', { class: 'placeholder' }, 'No facilities yet. An admin adds them through the API.'));
+    } else {
+      replaceChildren(body, facilities.map(renderFacility));
+    }
+    renderTotals();
+    applyFilters();
+  }
+
+  function renderFacilityOptions() {
+    const chosen = facilities.some((f) => f.id === filterFacility) ? filterFacility : '';
+    filterFacility = chosen;
+    replaceChildren(facilitySelect,
+      h('option', { value: '' }, 'All facilities'),
+      facilities.map((facility) => h('option', { value: facility.id }, facility.name)));
+    facilitySelect.value = chosen;
+  }
+
+  /** Totals follow the facility filter: a charge nurse watching one hospital counts its beds. */
+  function renderTotals() {
+    const shown = filterFacility ? facilities.filter((f) => f.id === filterFacility) : facilities;
+    const counts = countBeds(shown.flatMap(facilityBeds));
+    const scope = filterFacility && shown[0] ? shown[0].name : 'All facilities';
+    replaceChildren(totals,
+      h('h2', { class: 'sr-only' }, `Totals: ${scope}`),
+      h('ul', { class: 'totals', 'aria-label': `Beds by status, ${scope}` },
+        STATUSES.map((status) => h('li', { class: ['total', `total--${status}`] },
+          h('span', { class: 'total__value' }, String(counts[status])),
+          h('span', { class: 'total__label' },
+            h('span', { class: 'status__mark', 'aria-hidden': 'true' }), STATUS_LABELS[status])))));
+  }
+
+  function renderFacility(facility) {
+    const section = h('section', { class: 'facility', dataset: { facilityId: facility.id }, 'aria-labelledby': `facility-${facility.id}` },
+      h('header', { class: 'facility__header' },
+        h('div', {},
+          h('h2', { id: `facility-${facility.id}` }, facility.name),
+          h('p', { class: 'muted' }, `${FACILITY_KINDS[facility.kind] || facility.kind} · ${facility.wards.length} ward${facility.wards.length === 1 ? '' : 's'} · ${facility.timezone}`)),
+        h('div', { class: 'facility__counts' }, countList(countBeds(facilityBeds(facility)), 'counts--facility'))),
+      facility.wards.length === 0
+        ? h('p', { class: 'placeholder' }, 'No wards yet.')
+        : h('div', { class: 'wards' }, facility.wards.map((ward) => renderWard(facility, ward))));
+    return section;
+  }
+
+  function renderWard(facility, ward) {
+    const counts = countBeds(ward.beds);
+    return h('section', { class: 'ward', dataset: { wardId: ward.id }, 'aria-labelledby': `ward-${ward.id}` },
+      h('header', { class: 'ward__header' },
+        h('h3', { id: `ward-${ward.id}` }, ward.name,
+          // The kind says something only when the name does not already say it.
+          sameWords(ward.name, WARD_KINDS[ward.kind] || ward.kind) ? null : h('span', { class: 'ward__kind' }, WARD_KINDS[ward.kind] || ward.kind)),
+        h('p', { class: 'ward__summary' }, wardSummary(counts, ward.beds.length))),
+      ward.beds.length === 0
+        ? h('p', { class: 'placeholder' }, 'No beds in this ward.')
+        : h('ul', { class: 'beds', 'aria-label': `Beds in ${ward.name}` },
+          ward.beds.map((bed) => renderTile(facility, ward, bed))));
+  }
+
+  function wardSummary(counts, total) {
+    return `${counts.free} of ${total} free`;
+  }
+
+  function renderTile(facility, ward, bed) {
+    const element = h('li', { class: 'bed', dataset: { bedId: bed.id, status: bed.status } });
+    const entry = { element, bed, ward, facility };
+    tiles.set(bed.id, entry);
+    fillTile(entry);
+    return element;
+  }
+
+  function fillTile(entry) {
+    const { element, bed } = entry;
+    element.dataset.status = bed.status;
+    const content = [
+      h('span', { class: 'bed__label' }, bed.label),
+      statusBadge(bed.status),
+      bed.status === 'occupied' && bed.patient_id
+        ? h('span', { class: 'bed__meta', title: `Patient ${bed.patient_id}` }, `Patient ${shortId(bed.patient_id)}`)
+        : null,
+      bed.updated_at ? h('span', { class: 'bed__meta' }, 'since ', timeElement(bed.updated_at, formatTime(bed.updated_at))) : null,
+    ];
+    if (canChange) {
+      replaceChildren(element, h('button', {
+        type: 'button',
+        class: 'bed__body',
+        'aria-haspopup': 'dialog',
+        onclick: () => dialog.open(entry),
+      }, h('span', { class: 'sr-only' }, 'Bed '), content, h('span', { class: 'sr-only' }, ', change status')));
+    } else {
+      replaceChildren(element, h('div', { class: 'bed__body' }, content));
+    }
+  }
+
+  function applyBedChange(change) {
+    const entry = tiles.get(change.bed_id);
+    if (!entry || entry.facility.id !== change.facility_id) {
+      console.warn('medhub beds: an event names a bed this board does not show; resyncing');
+      live.resync(topic);
+      return;
+    }
+    updateBed(entry, { ...entry.bed, status: change.to, patient_id: change.patient_id, updated_at: change.at || entry.bed.updated_at });
+  }
+
+  /** Puts `bed` (a new state of a bed on the board) into the model and onto its tile. */
+  function updateBed(entry, bed) {
+    const index = entry.ward.beds.findIndex((b) => b.id === bed.id);
+    if (index >= 0) entry.ward.beds[index] = bed;
+    entry.bed = bed;
+    fillTile(entry);
+    entry.element.classList.remove('bed--changed');
+    // Restart the highlight animation: reading offsetWidth forces the removal to apply first.
+    void entry.element.offsetWidth;
+    entry.element.classList.add('bed--changed');
+    refreshCounts(entry.facility, entry.ward);
+    if (dialog) dialog.bedUpdated(entry);
+  }
+
+  function refreshCounts(facility, ward) {
+    const section = body.querySelector(`[data-facility-id="${facility.id}"]`);
+    if (section) {
+      const counts = section.querySelector('.facility__counts');
+      replaceChildren(counts, countList(countBeds(facilityBeds(facility)), 'counts--facility'));
+      const wardSummaryElement = section.querySelector(`[data-ward-id="${ward.id}"] .ward__summary`);
+      if (wardSummaryElement) wardSummaryElement.textContent = wardSummary(countBeds(ward.beds), ward.beds.length);
+    }
+    renderTotals();
+  }
+
+  function upsertFacility(detail) {
+    const index = facilities.findIndex((f) => f.id === detail.id);
+    if (index >= 0) facilities[index] = detail;
+    else {
+      facilities.push(detail);
+      facilities.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : a.id < b.id ? -1 : 1));
+    }
+    for (const [id, entry] of tiles) if (entry.facility.id === detail.id) tiles.delete(id);
+    const section = renderFacility(detail);
+    const existing = body.querySelector(`[data-facility-id="${detail.id}"]`);
+    if (existing) existing.replaceWith(section);
+    else if (facilities.length === 1) replaceChildren(body, section);
+    else {
+      const next = facilities[facilities.indexOf(detail) + 1];
+      const nextSection = next ? body.querySelector(`[data-facility-id="${next.id}"]`) : null;
+      body.insertBefore(section, nextSection);
+    }
+    renderFacilityOptions();
+    renderTotals();
+    applyFilters();
+  }
+
+  function applyFilters() {
+    root.dataset.show = filterStatus;
+    for (const section of body.querySelectorAll('.facility')) {
+      section.hidden = Boolean(filterFacility) && section.dataset.facilityId !== filterFacility;
+    }
+  }
+
+  /** The one dialog for changing a bed: status choice, patient id for "occupied", inline errors. */
+  function createChangeDialog() {
+    let entry = null;
+    let busy = false;
+    const title = h('h2', { id: 'bed-dialog-title' });
+    const place = h('p', { class: 'muted' });
+    const now = h('p', { class: 'bed-dialog__now' });
+    const radios = STATUSES.map((status) => h('input', { type: 'radio', name: 'bed-status', value: status, id: `bed-status-${status}` }));
+    const patient = h('input', {
+      type: 'text', id: 'bed-patient', name: 'patient_id', autocomplete: 'off', spellcheck: 'false',
+      inputmode: 'text', placeholder: '00000000-0000-0000-0000-000000000000', 'aria-describedby': 'bed-patient-hint',
+    });
+    const patientField = h('div', { class: 'field', hidden: true },
+      h('label', { for: 'bed-patient' }, 'Patient id'),
+      patient,
+      h('p', { class: 'hint', id: 'bed-patient-hint' }, 'The UUID of the patient taking this bed.'));
+    const error = h('div', { class: 'form-error', role: 'alert' });
+    const save = h('button', { type: 'submit', class: 'button button--primary' }, 'Save');
+    const cancel = h('button', { type: 'button', class: 'button', onclick: () => element.close() }, 'Cancel');
+    const form = h('form', { class: 'bed-dialog__form', novalidate: true, onsubmit: submit },
+      title, place, now,
+      h('fieldset', { class: 'status-choice' },
+        h('legend', {}, 'New status'),
+        STATUSES.map((status, i) => h('label', { class: ['status-choice__option', `status-choice__option--${status}`], for: `bed-status-${status}` },
+          radios[i], statusBadge(status)))),
+      patientField,
+      error,
+      h('div', { class: 'dialog-actions' }, cancel, save));
+    const element = h('dialog', { class: 'bed-dialog', 'aria-labelledby': 'bed-dialog-title' }, form);
+    for (const radio of radios) radio.addEventListener('change', syncPatientField);
+
+    function chosen() {
+      const radio = radios.find((r) => r.checked);
+      return radio ? radio.value : null;
+    }
+
+    function syncPatientField() {
+      patientField.hidden = chosen() !== 'occupied';
+    }
+
+    function describe() {
+      const { bed, ward, facility } = entry;
+      title.textContent = `Bed ${bed.label}`;
+      place.textContent = `${facility.name} · ${ward.name}`;
+      replaceChildren(now, 'Now: ', statusBadge(bed.status),
+        bed.status === 'occupied' && bed.patient_id ? h('span', { class: 'muted', title: bed.patient_id }, ` patient ${shortId(bed.patient_id)}`) : null,
+        bed.updated_at ? h('span', { class: 'muted' }, ` since ${formatDateTime(bed.updated_at)}`) : null);
+      for (const radio of radios) {
+        radio.disabled = radio.value === bed.status;
+        if (radio.disabled && radio.checked) radio.checked = false;
+      }
+    }
+
+    async function submit(event) {
+      event.preventDefault();
+      if (busy || !entry) return;
+      const status = chosen();
+      error.replaceChildren();
+      if (!status) {
+        error.textContent = 'Choose the new status.';
+        return;
+      }
+      const body = { status };
+      if (status === 'occupied') {
+        const id = patient.value.trim();
+        if (!isUuid(id)) {
+          error.textContent = 'Enter the patient id as a UUID, e.g. 3f2b6c1e-8d4a-4c55-9a1e-2b7f0c9d4e11.';
+          patient.setAttribute('aria-invalid', 'true');
+          patient.focus();
+          return;
+        }
+        patient.removeAttribute('aria-invalid');
+        body.patient_id = id;
+      }
+      busy = true;
+      save.disabled = true;
+      save.textContent = 'Saving…';
+      const target = entry;
+      try {
+        const answer = await request('PUT', `/api/facilities/${target.facility.id}/beds/${target.bed.id}/status`, { body });
+        // The event follows on the live topic; showing the answer now keeps the tile in step
+        // even if that event is still on its way (never older state: only if it is newer).
+        if (answer && answer.bed && typeof answer.seq === 'number' && (seq === null || answer.seq > seq)) {
+          const current = tiles.get(target.bed.id);
+          if (current) updateBed(current, answer.bed);
+        }
+        element.close();
+        announce(`Bed ${target.bed.label} is now ${STATUS_LABELS[status].toLowerCase()}.`);
+      } catch (failure) {
+        error.replaceChildren(h('strong', {}, 'Not changed. '), failure.detail || failure.message);
+        if (failure.field === 'patient_id') patient.setAttribute('aria-invalid', 'true');
+      } finally {
+        busy = false;
+        save.disabled = false;
+        save.textContent = 'Save';
+      }
+    }
+
+    element.addEventListener('close', () => {
+      const returnTo = entry && tiles.get(entry.bed.id);
+      entry = null;
+      if (returnTo) returnTo.element.querySelector('button')?.focus();
+    });
+
+    return {
+      element,
+      open(tileEntry) {
+        entry = tileEntry;
+        for (const radio of radios) radio.checked = false;
+        patient.value = '';
+        patient.removeAttribute('aria-invalid');
+        error.replaceChildren();
+        describe();
+        syncPatientField();
+        element.showModal();
+        (radios.find((r) => !r.disabled) || cancel).focus();
+      },
+      /** Someone changed the bed this dialog is about: show its new current status. */
+      bedUpdated(updatedEntry) {
+        if (entry && element.open && updatedEntry.bed.id === entry.bed.id) {
+          entry = updatedEntry;
+          describe();
+          syncPatientField();
+        }
+      },
+      close() {
+        if (element.open) element.close();
+      },
+    };
+  }
+
+  return () => {
+    unsubscribe();
+    stopWatchingStatus();
+    clearTimeout(staleTimer);
+    if (dialog) dialog.close();
+  };
+}

@@ -11,7 +11,7 @@ macro_rules! console_files {
     };
 }
 
-console_files!("index.html", "style.css", "app.js", "api.js", "live.js", "beds.js", "audit.js");
+console_files!("index.html", "style.css", "app.js", "api.js", "live.js", "beds.js", "audit.js", "dom.js");
 
 fn content_type(name: &str) -> &'static str {
     match name.rsplit('.').next() {
@@ -28,7 +28,9 @@ fn serve(name: &str) -> Result<HttpResponse, ApiError> {
         .content_type(content_type(name))
         .insert_header(("Cache-Control", "no-cache"))
         .insert_header(("X-Content-Type-Options", "nosniff"))
-        .insert_header(("Content-Security-Policy", "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:"))
+        .insert_header(("X-Frame-Options", "DENY"))
+        .insert_header(("Referrer-Policy", "no-referrer"))
+        .insert_header(("Content-Security-Policy", "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"))
         .body(*body))
 }
 
