@@ -521,3 +521,66 @@ impl Live {
         live
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Schedules
+
+impl TestDb {
+    /// A user's id by email (setup only).
+    pub async fn user_id(&self, email: &str) -> Uuid {
+        sqlx::query_scalar("SELECT id FROM users WHERE email = $1").bind(email).fetch_one(&self.pool).await.expect("user")
+    }
+
+    /// Registers patients straight in the database (setup only; the patient API has its own
+    /// stories). Returns their ids.
+    pub async fn patients(&self, tenant: &Tenant, count: usize) -> Vec<Uuid> {
+        let mut ids = Vec::with_capacity(count);
+        for n in 0..count {
+            let id = Uuid::new_v4();
+            sqlx::query(
+                "INSERT INTO patients (id, tenant_id, mrn, given_name, family_name, birth_date, sex)
+                 VALUES ($1, $2, $3, $4, $5, DATE '1980-01-01' + $6::int, 'unknown')",
+            )
+            .bind(id)
+            .bind(tenant.id)
+            .bind(format!("T{n:06}-{}", &id.simple().to_string()[..6]))
+            .bind(format!("Given{n}"))
+            .bind(format!("Family{n}"))
+            .bind(n as i32)
+            .execute(&self.pool)
+            .await
+            .expect("patient");
+            ids.push(id);
+        }
+        ids
+    }
+
+    /// Links a patient record to the tenant's patient-role user.
+    pub async fn link_patient_user(&self, tenant: &Tenant, patient: Uuid) -> Uuid {
+        let user = self.user_id(&email(&tenant.slug, Role::Patient)).await;
+        sqlx::query("UPDATE patients SET user_id = $2 WHERE id = $1").bind(patient).bind(user).execute(&self.pool).await.expect("link");
+        user
+    }
+}
+
+impl Api {
+    /// Registers the tenant's doctor user at `facility`, working `hours` (as the API takes them).
+    pub async fn register_doctor(&self, user_id: Uuid, facility: Uuid, consult_minutes: i32, hours: Value) -> Uuid {
+        let body = self
+            .post(
+                "/api/doctors",
+                json!({"user_id": user_id, "specialties": ["general practice"], "facility_id": facility,
+                       "consult_minutes": consult_minutes, "working_hours": hours}),
+            )
+            .await
+            .expect("register doctor")
+            .expect(201);
+        body["id"].as_str().and_then(|id| id.parse().ok()).expect("doctor id")
+    }
+}
+
+/// Working hours covering every hour of every day.
+pub fn around_the_clock() -> Value {
+    let days = ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"];
+    Value::Array(days.iter().map(|day| json!({"weekday": day, "start": "00:00", "end": "24:00"})).collect())
+}

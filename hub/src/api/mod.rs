@@ -1,4 +1,4 @@
-//! The HTTP API under `/api`: auth, facilities and beds, audit. Every handler authenticates
+//! The HTTP API under `/api`: auth, facilities and beds, audit, patients, doctors and appointments. Every handler authenticates
 //! through [`extract::Authenticated`], checks the role it needs, scopes every query to the
 //! caller's tenant (another tenant's records are simply not found), and maps failures once,
 //! through [`error::ApiError`].
@@ -9,6 +9,7 @@ pub mod error;
 pub mod extract;
 pub mod facilities;
 pub mod patients;
+pub mod schedules;
 
 use actix_web::web;
 
@@ -17,4 +18,5 @@ pub fn routes(cfg: &mut web::ServiceConfig, fault_injection: bool) {
     facilities::routes(cfg, fault_injection);
     audit::routes(cfg);
     patients::routes(cfg);
+    schedules::routes(cfg);
 }
