@@ -491,14 +491,14 @@ pub enum ReadAccess {
     AnyPatient,
     /// Only the record linked to the caller's own user.
     OwnRecord,
-    None,
+    Nothing,
 }
 
 pub fn read_access(role: Role) -> ReadAccess {
     match role {
         Role::Doctor | Role::Nurse | Role::Admin => ReadAccess::AnyPatient,
         Role::Patient => ReadAccess::OwnRecord,
-        Role::Dispatcher | Role::Pharmacist => ReadAccess::None,
+        Role::Dispatcher | Role::Pharmacist => ReadAccess::Nothing,
     }
 }
 
@@ -729,7 +729,7 @@ pub async fn create(pool: &PgPool, caller: &Caller, new: NewPatient) -> Result<P
 pub async fn get(pool: &PgPool, caller: &Caller, id: Uuid, purpose: ReadPurpose) -> Result<Patient, ActorError> {
     let action = purpose.action();
     let access = read_access(caller.principal.role);
-    if access == ReadAccess::None {
+    if access == ReadAccess::Nothing {
         let reason = format!("role {} may not read patient records", caller.principal.role);
         record_refusal(pool, caller, action, Some(id), &reason).await?;
         return Err(ActorError::Forbidden(reason));
@@ -993,10 +993,10 @@ mod tests {
         assert_eq!(read_access(Role::Nurse), ReadAccess::AnyPatient);
         assert_eq!(read_access(Role::Admin), ReadAccess::AnyPatient);
         assert_eq!(read_access(Role::Patient), ReadAccess::OwnRecord);
-        assert_eq!(read_access(Role::Dispatcher), ReadAccess::None);
-        assert_eq!(read_access(Role::Pharmacist), ReadAccess::None);
+        assert_eq!(read_access(Role::Dispatcher), ReadAccess::Nothing);
+        assert_eq!(read_access(Role::Pharmacist), ReadAccess::Nothing);
         for role in Role::ALL {
-            assert_eq!(RECORD_READERS.contains(&role), read_access(role) != ReadAccess::None, "{role}");
+            assert_eq!(RECORD_READERS.contains(&role), read_access(role) != ReadAccess::Nothing, "{role}");
             assert_eq!(CLINICAL_STAFF.contains(&role), read_access(role) == ReadAccess::AnyPatient, "{role}");
         }
     }

@@ -1,7 +1,9 @@
 //! Creating tenants and users (for `hub admin`), and the demo tenant `hub demo` seeds: a user for
-//! every role and three facilities with wards and beds in a demo city (Nairobi).
+//! every role, three facilities with wards and beds in a demo city (Nairobi), three doctors with
+//! weekly hours, ten patients and a few appointments.
 
 use anyhow::{bail, Context};
+use chrono::{Duration, TimeZone, Utc};
 use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -9,7 +11,9 @@ use uuid::Uuid;
 use medhub_actors::audit::{self, AuditRecord};
 use medhub_actors::facility::{FacilityKind, NewFacility, NewWard, WardKind};
 use medhub_actors::runtime::ActorRuntime;
-use medhub_actors::tenant::CreateFacility;
+use medhub_actors::patients::{self, Address, BirthDate, NewPatient, PatientDetails, PatientName, Phone, Sex};
+use medhub_actors::schedule::{AppointmentKind, Book, DayOfWeek, NewDoctor, WorkingHours};
+use medhub_actors::tenant::{CreateFacility, RegisterDoctor};
 use medhub_actors::{Caller, GeoPoint, Principal, Role, TenantSlug};
 
 use crate::auth::{check_password_policy, hash_password};
@@ -101,31 +105,37 @@ pub struct DemoUser {
     pub role: Role,
 }
 
+/// The demo's users: one per role, and two more doctors.
+fn demo_users() -> Vec<(DemoUser, &'static str)> {
+    let names = ["Amina Okello", "Daniel Mwangi", "Dr. Grace Wanjiru", "Nurse Peter Otieno", "Fatuma Hassan", "Joseph Kamau"];
+    let mut users: Vec<(DemoUser, &'static str)> = Role::ALL
+        .into_iter()
+        .zip(names)
+        .map(|(role, name)| (DemoUser { email: format!("{}@demo.medhub", role.as_str()), role }, name))
+        .collect();
+    users.push((DemoUser { email: "doctor2@demo.medhub".into(), role: Role::Doctor }, "Dr. Samuel Njoroge"));
+    users.push((DemoUser { email: "doctor3@demo.medhub".into(), role: Role::Doctor }, "Dr. Aisha Mohamed"));
+    users
+}
+
 /// Seeds the demo tenant once (a no-op when it exists) and returns its users.
 pub async fn seed_demo(pool: &PgPool, runtime: &ActorRuntime) -> anyhow::Result<Vec<DemoUser>> {
-    let users: Vec<DemoUser> = Role::ALL
-        .into_iter()
-        .map(|role| DemoUser { email: format!("{}@demo.medhub", role.as_str()), role })
-        .collect();
+    let users = demo_users();
     let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tenants WHERE slug = $1)")
         .bind(DEMO_TENANT)
         .fetch_one(pool)
         .await?;
     if exists {
-        return Ok(users);
+        return Ok(users.into_iter().map(|(user, _)| user).collect());
     }
     let tenant_id = create_tenant(pool, DEMO_TENANT, "Demo Hospital Group").await?;
-    let names = ["Amina Okello", "Daniel Mwangi", "Dr. Grace Wanjiru", "Nurse Peter Otieno", "Fatuma Hassan", "Joseph Kamau"];
-    let mut admin_id = Uuid::nil();
-    for (user, name) in users.iter().zip(names) {
-        let id = create_user(pool, DEMO_TENANT, &user.email, name, user.role, DEMO_PASSWORD).await?;
-        if user.role == Role::Admin {
-            admin_id = id;
-        }
+    let mut ids = Vec::new();
+    for (user, name) in &users {
+        ids.push(create_user(pool, DEMO_TENANT, &user.email, name, user.role, DEMO_PASSWORD).await?);
     }
     let slug = TenantSlug::parse(DEMO_TENANT).map_err(anyhow::Error::msg)?;
     let caller = Caller {
-        principal: Principal { user_id: admin_id, tenant_id, tenant_slug: slug.clone(), role: Role::Admin, session_id: Uuid::nil() },
+        principal: Principal { user_id: ids[0], tenant_id, tenant_slug: slug.clone(), role: Role::Admin, session_id: Uuid::nil() },
         source_addr: Some("hub demo seed".to_owned()),
     };
     let labels = |prefix: &str, count: usize| (1..=count).map(|n| format!("{prefix}{n}")).collect::<Vec<_>>();
@@ -144,6 +154,7 @@ pub async fn seed_demo(pool: &PgPool, runtime: &ActorRuntime) -> anyhow::Result<
         ]),
     ];
     let supervisor = runtime.tenant(tenant_id, &slug)?;
+    let mut facility_ids = Vec::new();
     for (name, kind, lat, lon, wards) in facilities {
         let wards = wards
             .into_iter()
@@ -151,9 +162,74 @@ pub async fn seed_demo(pool: &PgPool, runtime: &ActorRuntime) -> anyhow::Result<
             .collect::<Result<Vec<_>, _>>()?;
         let location = GeoPoint::new(lat, lon).map_err(anyhow::Error::msg)?;
         let facility = NewFacility::new(name, kind, location, "Africa/Nairobi", wards)?;
-        supervisor.send(CreateFacility { caller: caller.clone(), facility }).await??;
+        facility_ids.push(supervisor.send(CreateFacility { caller: caller.clone(), facility }).await??.id);
     }
-    Ok(users)
+    seed_clinic(pool, runtime, &caller, &ids, &facility_ids).await?;
+    Ok(users.into_iter().map(|(user, _)| user).collect())
+}
+
+/// Doctors with weekly hours, patients (the demo patient user is one of them) and a few
+/// appointments today and tomorrow, so that the schedule pages have something to show.
+async fn seed_clinic(pool: &PgPool, runtime: &ActorRuntime, admin: &Caller, user_ids: &[Uuid], facility_ids: &[Uuid]) -> anyhow::Result<()> {
+    let every_day = |start: &str, end: &str| -> anyhow::Result<Vec<WorkingHours>> {
+        let days = [DayOfWeek::Monday, DayOfWeek::Tuesday, DayOfWeek::Wednesday, DayOfWeek::Thursday, DayOfWeek::Friday, DayOfWeek::Saturday, DayOfWeek::Sunday];
+        days.into_iter()
+            .map(|weekday| Ok(WorkingHours { weekday, start: start.parse().map_err(anyhow::Error::msg)?, end: end.parse().map_err(anyhow::Error::msg)? }))
+            .collect()
+    };
+    // user_ids follow demo_users(): doctor is index 2, the extra doctors 6 and 7, the patient 5.
+    let doctors = [
+        (user_ids[2], vec!["general practice".to_owned(), "internal medicine".to_owned()], facility_ids[0], 30, every_day("08:00", "17:00")?),
+        (user_ids[6], vec!["paediatrics".to_owned()], facility_ids[1], 20, every_day("09:00", "15:00")?),
+        (user_ids[7], vec!["cardiology".to_owned()], facility_ids[2], 45, every_day("10:00", "16:00")?),
+    ];
+    let supervisor = runtime.tenant(admin.principal.tenant_id, &admin.principal.tenant_slug)?;
+    let mut doctor_ids = Vec::new();
+    for (user_id, specialties, facility_id, minutes, hours) in doctors {
+        let doctor = NewDoctor::new(user_id, specialties, facility_id, minutes, hours)?;
+        doctor_ids.push(supervisor.send(RegisterDoctor { caller: admin.clone(), doctor }).await??.profile.id);
+    }
+
+    let today = Utc::now().date_naive();
+    let people = [
+        ("Wanjiku", "Kariuki", "1984-03-12", "female", "+254712000001"),
+        ("Otieno", "Odhiambo", "1979-11-02", "male", "+254712000002"),
+        ("Achieng", "Atieno", "1992-06-23", "female", "+254712000003"),
+        ("Kiprono", "Koech", "1968-01-30", "male", "+254712000004"),
+        ("Mercy", "Mutua", "2001-09-14", "female", "+254712000005"),
+        ("Hassan", "Abdi", "1955-05-05", "male", "+254712000006"),
+        ("Njeri", "Muthoni", "2015-12-01", "female", "+254712000007"),
+        ("Baraka", "Wekesa", "1999-07-19", "male", "+254712000008"),
+        ("Zawadi", "Chebet", "1988-02-28", "female", "+254712000009"),
+        ("Juma", "Omondi", "1973-10-10", "male", "+254712000010"),
+    ];
+    let mut patient_ids = Vec::new();
+    for (n, (given, family, born, sex, phone)) in people.into_iter().enumerate() {
+        let details = PatientDetails::new(
+            PatientName::new(given, family)?,
+            BirthDate::parse(born, today)?,
+            Sex::parse(sex)?,
+            Some(Phone::parse(phone)?),
+            Some(Address::new(&format!("{} Moi Avenue", 10 + n), "Nairobi", None, "KE", None)?),
+            Vec::new(),
+        )?;
+        // The first patient is the demo patient user.
+        let user_id = (n == 0).then_some(user_ids[5]);
+        patient_ids.push(patients::create(pool, admin, NewPatient { mrn: None, details, user_id }).await?.id);
+    }
+
+    // A few appointments at the next whole hours within the doctors' day (08:00-17:00 Nairobi = 05:00-14:00 UTC).
+    let nairobi_day_start = |days: i64, hour_utc: u32| Utc.from_utc_datetime(&(today + Duration::days(days)).and_hms_opt(hour_utc, 0, 0).expect("valid hour"));
+    let planned = [(0, 1, 0), (1, 1, 1), (2, 1, 2), (0, 2, 3), (1, 2, 4)];
+    let actor = runtime.schedule(admin.principal.tenant_id, &admin.principal.tenant_slug, doctor_ids[0]).await?;
+    for (patient, days, hour) in planned {
+        let start = nairobi_day_start(days, 6 + hour);
+        let booked = actor
+            .send(Book { caller: admin.clone(), patient_id: patient_ids[patient], start, end: None, kind: AppointmentKind::InPerson, reason: Some("follow-up".into()) })
+            .await?;
+        booked?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
