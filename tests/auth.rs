@@ -50,7 +50,7 @@ async fn wrong_credentials_and_malformed_bodies_get_clear_errors_and_no_token() 
         assert!(reply.body.get("access_token").is_none() && reply.body.get("refresh_token").is_none());
     }
 
-    // The failed attempt on a real account is in the tenant's audit trail.
+    // The failed attempts on the tenant (a real account, an unknown one) are in its audit trail.
     let denied: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM audit_log WHERE tenant_id = $1 AND action = 'auth.login' AND outcome = 'denied'",
     )
@@ -58,7 +58,7 @@ async fn wrong_credentials_and_malformed_bodies_get_clear_errors_and_no_token() 
     .fetch_one(&db.pool)
     .await
     .unwrap();
-    assert_eq!(denied, 1);
+    assert_eq!(denied, 2, "the wrong password and the unknown account");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -95,4 +95,27 @@ async fn a_session_refreshes_once_per_token_and_logout_ends_it_everywhere() {
     assert_eq!(old_access.get("/api/me").await.unwrap().status, 401);
     let after_logout = Api::new(&hub.url).post("/api/auth/refresh", json!({"refresh_token": api.refresh_token.clone().unwrap()})).await.unwrap();
     assert_eq!(after_logout.status, 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logging_out_cuts_the_live_connection_of_that_session() {
+    let db = TestDb::start().await;
+    let tenant = db.tenant("alpha").await;
+    let hub = common::spawn_hub_with(common::HubOptions::serve(&db).arg("--ws-heartbeat-secs", 1).arg("--ws-session-check-secs", 1)).await;
+    let nurse = hub.login(&tenant, Role::Nurse).await;
+    let other_session = hub.login(&tenant, Role::Nurse).await;
+    let mut live = common::Live::connect(&hub, &nurse).await;
+    let mut other_live = common::Live::connect(&hub, &other_session).await;
+    live.subscribe(&tenant.beds_topic(), None).await;
+    other_live.subscribe(&tenant.beds_topic(), None).await;
+    live.next().await; // snapshot
+    other_live.next().await;
+
+    nurse.post("/api/auth/logout", json!({"refresh_token": nurse.refresh_token.clone().unwrap()})).await.unwrap().expect(204);
+    let told = live.next_within(std::time::Duration::from_secs(5)).await.expect("told within the check interval");
+    assert_eq!(told["error"], "session_ended", "{told}");
+    assert!(live.next_within(std::time::Duration::from_secs(3)).await.is_none(), "the connection is closed");
+    // The same user's other session is untouched.
+    other_live.send(json!({"type": "ping"})).await;
+    assert_eq!(other_live.next().await["type"], "pong");
 }

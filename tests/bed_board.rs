@@ -151,3 +151,25 @@ async fn a_screen_that_resubscribes_with_since_gets_exactly_what_it_missed() {
     assert_eq!(beds[0]["status"], "free");
     assert_eq!(beds[4]["status"], "cleaning");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patient_occupies_one_bed_at_a_time_across_facilities() {
+    let world = World::start(2).await;
+    let other = world.admin.create_facility("Alpha North", 1).await;
+    let patient = Uuid::new_v4();
+    let occupy = |facility: Uuid, bed: Uuid| {
+        let nurse = world.nurse.clone();
+        async move {
+            nurse.put(&format!("/api/facilities/{facility}/beds/{bed}/status"), serde_json::json!({"status": "occupied", "patient_id": patient})).await.unwrap()
+        }
+    };
+    occupy(world.facility.id, world.facility.beds[0]).await.ok();
+    let same_facility = occupy(world.facility.id, world.facility.beds[1]).await;
+    assert_eq!(same_facility.status, 409, "{}", same_facility.body);
+    let elsewhere = occupy(other.id, other.beds[0]).await;
+    assert_eq!(elsewhere.status, 409, "{}", elsewhere.body);
+    assert!(elsewhere.body["detail"].as_str().unwrap().contains("discharge"));
+    // Discharged, they may be admitted elsewhere.
+    world.nurse.set_bed(world.facility.id, world.facility.beds[0], "cleaning").await.unwrap().ok();
+    occupy(other.id, other.beds[0]).await.ok();
+}

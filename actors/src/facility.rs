@@ -255,6 +255,12 @@ pub fn decide_bed_change(
             bed.label
         )));
     }
+    if let Some(patient) = patient_id {
+        let elsewhere = facility.wards.iter().flat_map(|w| w.beds.iter()).find(|b| b.id != bed_id && b.patient_id == Some(patient));
+        if let Some(other) = elsewhere {
+            return Err(ActorError::Conflict(format!("that patient already occupies bed {}; discharge them there first", other.label)));
+        }
+    }
     if bed.status == BedStatus::Occupied && to == BedStatus::OutOfService {
         return Err(ActorError::Conflict(format!(
             "bed {} is occupied; discharge the patient before taking it out of service",
@@ -445,6 +451,9 @@ enum PlannedProjection {
     Bed(BedStatusChanged),
 }
 
+/// The index that keeps a patient in one bed across the tenant's facilities.
+const ONE_BED_PER_PATIENT: &str = "beds_one_bed_per_patient";
+
 /// Commits a plan: projection rows, event, audit entry and (every `snapshot_every` events) a
 /// snapshot, in one transaction. Shared by creation (in the tenant supervisor) and the actor.
 async fn commit_plan(pool: &PgPool, tenant_id: Uuid, plan: &Plan, snapshot_every: i64, metrics: &ActorMetrics) -> Result<Committed, ActorError> {
@@ -458,7 +467,12 @@ async fn commit_plan(pool: &PgPool, tenant_id: Uuid, plan: &Plan, snapshot_every
         },
         PlannedProjection::Bed(change) => ProjectionChange::Bed(change, next.version),
     };
-    write_projection(&mut tx, tenant_id, change).await?;
+    match write_projection(&mut tx, tenant_id, change).await {
+        Err(sqlx::Error::Database(db)) if db.constraint() == Some(ONE_BED_PER_PATIENT) => {
+            return Err(ActorError::Conflict("that patient already occupies a bed in another facility; discharge them there first".to_owned()));
+        }
+        other => other?,
+    }
     let snapshot = (next.version % snapshot_every.max(1) == 0)
         .then(|| serde_json::to_value(next).expect("facilities serialise"));
     store::commit_command(tx, tenant_id, &plan.draft, &plan.audit, snapshot.as_ref(), metrics, ACTOR).await
@@ -944,6 +958,16 @@ mod tests {
         assert!(matches!(change(&f, 0, BedStatus::Occupied, Some(Uuid::new_v4())), Err(ActorError::Conflict(_))));
         let discharged = commit(f.clone(), change(&f, 0, BedStatus::Cleaning, None).unwrap().unwrap());
         assert_eq!(discharged.wards[0].beds[0].patient_id, None);
+    }
+
+    #[test]
+    fn a_patient_lies_in_one_bed_at_a_time() {
+        let f = facility();
+        let patient = Uuid::new_v4();
+        let f = commit(f.clone(), change(&f, 0, BedStatus::Occupied, Some(patient)).unwrap().unwrap());
+        assert!(matches!(change(&f, 1, BedStatus::Occupied, Some(patient)), Err(ActorError::Conflict(_))));
+        let moved = commit(f.clone(), change(&f, 0, BedStatus::Cleaning, None).unwrap().unwrap());
+        assert!(change(&moved, 1, BedStatus::Occupied, Some(patient)).unwrap().is_some());
     }
 
     #[test]

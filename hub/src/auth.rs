@@ -280,6 +280,23 @@ impl AuthService {
         .await?;
         let Some(row) = row else {
             verify_password(decoy_hash(), password);
+            // Guessing at accounts leaves a trace too, in the tenant named (if it exists).
+            let tenant_id: Option<Uuid> = sqlx::query_scalar("SELECT id FROM tenants WHERE slug = $1").bind(tenant).fetch_optional(&self.pool).await?;
+            if let Some(tenant_id) = tenant_id {
+                let record = AuditRecord {
+                    actor_kind: "user",
+                    actor_id: format!("unknown:{}", email.to_lowercase()),
+                    actor_role: None,
+                    action: "auth.login".to_owned(),
+                    resource_type: "session".to_owned(),
+                    resource_id: None,
+                    patient_id: None,
+                    source_addr: source,
+                    outcome: Outcome::Denied,
+                    detail: json!({"reason": "unknown account"}),
+                };
+                audit::record(&self.pool, tenant_id, &record).await?;
+            }
             return Err(AuthError::InvalidCredentials);
         };
         let user = user_row(&row);
@@ -345,19 +362,21 @@ impl AuthService {
 
     /// Revokes a session, found by its refresh token or by an access token's session.
     pub async fn logout(&self, refresh_token: Option<&str>, principal: Option<&Principal>, source: Option<String>) -> Result<bool, AuthError> {
-        let revoked: Option<(Uuid, Uuid, Uuid)> = sqlx::query_as(
-            "UPDATE sessions SET revoked_at = now()
-             WHERE revoked_at IS NULL AND (refresh_token_hash = $1 OR id = $2)
-             RETURNING id, tenant_id, user_id",
+        let revoked: Option<(Uuid, Uuid, Uuid, String)> = sqlx::query_as(
+            "UPDATE sessions s SET revoked_at = now() FROM users u
+             WHERE u.id = s.user_id AND s.revoked_at IS NULL AND (s.refresh_token_hash = $1 OR s.id = $2)
+             RETURNING s.id, s.tenant_id, s.user_id, u.role",
         )
         .bind(refresh_token.map(|token| sha256(token.as_bytes())))
         .bind(principal.map(|p| p.session_id))
         .fetch_optional(&self.pool)
         .await?;
-        if let Some((session_id, tenant_id, user_id)) = revoked {
+        if let Some((session_id, tenant_id, user_id, role)) = &revoked {
+            let (session_id, tenant_id) = (*session_id, *tenant_id);
             let mut record = AuditRecord::by_system("auth.logout", "session", session_id);
             record.actor_kind = "user";
             record.actor_id = user_id.to_string();
+            record.actor_role = Some(role.clone());
             record.source_addr = source;
             audit::record(&self.pool, tenant_id, &record).await?;
         }
@@ -379,6 +398,18 @@ impl AuthService {
         let user = user_row(&row);
         let expires_at = DateTime::from_timestamp(claims.exp, 0).unwrap_or_else(Utc::now);
         Ok((user.principal(claims.sid)?, expires_at, user.json()))
+    }
+
+    /// Whether a login session is live: not revoked, not expired, its user active.
+    pub async fn session_alive(&self, session_id: Uuid) -> Result<bool, AuthError> {
+        let alive: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM sessions s JOIN users u ON u.id = s.user_id
+                            WHERE s.id = $1 AND s.revoked_at IS NULL AND s.expires_at > now() AND u.active)",
+        )
+        .bind(session_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(alive)
     }
 
     pub async fn user_json(&self, principal: &Principal) -> Result<Value, AuthError> {
@@ -408,6 +439,11 @@ impl Authenticator for WsAuthenticator {
                 Err(e) => Err(e.to_string()),
             }
         })
+    }
+
+    fn session_alive(&self, session_id: Uuid) -> Pin<Box<dyn Future<Output = Result<bool, String>> + Send>> {
+        let service = self.0.clone();
+        Box::pin(async move { service.session_alive(session_id).await.map_err(|e| e.to_string()) })
     }
 }
 

@@ -81,6 +81,10 @@ pub struct ConfigArgs {
     #[arg(long, env = "MEDHUB_WS_CLIENT_TIMEOUT_SECS", global = true)]
     pub ws_client_timeout_secs: Option<u64>,
 
+    /// Seconds between checks that a WebSocket's login session is still live (logout cuts it) [default: 30].
+    #[arg(long, env = "MEDHUB_WS_SESSION_CHECK_SECS", global = true)]
+    pub ws_session_check_secs: Option<u64>,
+
     /// Most missed events replayed to a client resubscribing with `since`; beyond it, a snapshot [default: 1000].
     #[arg(long, env = "MEDHUB_WS_REPLAY_LIMIT", global = true)]
     pub ws_replay_limit: Option<i64>,
@@ -134,6 +138,7 @@ pub struct Settings {
     pub ws_queue_capacity: usize,
     pub ws_heartbeat: Duration,
     pub ws_client_timeout: Duration,
+    pub ws_session_check: Duration,
     pub ws_replay_limit: i64,
     pub reminder_lead: Duration,
     pub reminder_sweep: Duration,
@@ -158,7 +163,7 @@ impl Settings {
         };
         prefer!(cli, file; listen, database_url, data_dir, pg_bin_dir, pg_port, db_max_connections, jwt_secret,
             access_token_ttl_secs, refresh_token_ttl_secs, snapshot_every, actor_threads, http_workers,
-            ws_queue_capacity, ws_heartbeat_secs, ws_client_timeout_secs, ws_replay_limit, reminder_lead_secs,
+            ws_queue_capacity, ws_heartbeat_secs, ws_client_timeout_secs, ws_session_check_secs, ws_replay_limit, reminder_lead_secs,
             reminder_sweep_secs, shutdown_timeout_secs,
             log, log_format, enable_fault_injection);
 
@@ -196,6 +201,7 @@ impl Settings {
             ws_queue_capacity: positive("ws_queue_capacity", ws_queue_capacity.unwrap_or(1024) as u64)? as usize,
             ws_heartbeat: Duration::from_secs(positive("ws_heartbeat_secs", ws_heartbeat_secs.unwrap_or(10))?),
             ws_client_timeout: Duration::from_secs(positive("ws_client_timeout_secs", ws_client_timeout_secs.unwrap_or(30))?),
+            ws_session_check: Duration::from_secs(positive("ws_session_check_secs", ws_session_check_secs.unwrap_or(30))?),
             ws_replay_limit: positive("ws_replay_limit", ws_replay_limit.unwrap_or(1000).max(0) as u64)? as i64,
             reminder_lead: Duration::from_secs(positive("reminder_lead_secs", reminder_lead_secs.unwrap_or(3600))?),
             reminder_sweep: Duration::from_secs(positive("reminder_sweep_secs", reminder_sweep_secs.unwrap_or(15))?),

@@ -136,6 +136,7 @@ pub async fn serve(settings: Settings, demo: bool) -> anyhow::Result<()> {
         config: RealtimeConfig {
             queue_capacity: settings.ws_queue_capacity,
             heartbeat_interval: settings.ws_heartbeat,
+            session_check_interval: settings.ws_session_check,
             client_timeout: settings.ws_client_timeout,
             auth_timeout: Duration::from_secs(10),
             replay_limit: settings.ws_replay_limit,

@@ -44,6 +44,9 @@ pub struct Authenticated {
 /// Verifies access tokens; implemented by the hub (signature, expiry, live session).
 pub trait Authenticator: Send + Sync + 'static {
     fn authenticate(&self, token: String) -> Pin<Box<dyn Future<Output = Result<Authenticated, String>> + Send>>;
+    /// Whether the login session is still live (not logged out, expired or disabled): `Err` when
+    /// that cannot be told right now.
+    fn session_alive(&self, session_id: uuid::Uuid) -> Pin<Box<dyn Future<Output = Result<bool, String>> + Send>>;
 }
 
 #[derive(Debug, Clone)]
@@ -51,6 +54,9 @@ pub struct RealtimeConfig {
     /// Deliveries a connection may have queued before it is cut off as too slow.
     pub queue_capacity: usize,
     pub heartbeat_interval: Duration,
+    /// How often an open connection checks that its login session is still live, so that a
+    /// logout (or a disabled account) cuts its live updates within this time.
+    pub session_check_interval: Duration,
     /// A client silent (no message, no pong) for this long is disconnected.
     pub client_timeout: Duration,
     /// How long a new connection has to send `auth`.
@@ -107,6 +113,7 @@ struct Connection {
     /// Subscribed topics and the seq last sent on each.
     subscriptions: HashMap<Arc<str>, i64>,
     broker_connection: crate::broker::Connection,
+    session_checked: Instant,
 }
 
 async fn run_connection(realtime: Arc<Realtime>, session: Session, mut stream: actix_ws::AggregatedMessageStream) {
@@ -120,6 +127,7 @@ async fn run_connection(realtime: Arc<Realtime>, session: Session, mut stream: a
         auth: None,
         subscriptions: HashMap::new(),
         broker_connection,
+        session_checked: Instant::now(),
     };
     let mut heartbeat = tokio::time::interval(realtime.config.heartbeat_interval);
     heartbeat.tick().await;
@@ -219,6 +227,18 @@ impl Connection {
             if auth.expires_at <= Utc::now() {
                 let _ = self.send_error("token_expired", None, "your access token expired; reconnect with a fresh one").await;
                 return Next::Close(Some(CloseReason { code: CloseCode::Policy, description: Some("token expired".into()) }));
+            }
+            if self.session_checked.elapsed() >= self.realtime.config.session_check_interval {
+                let session_id = auth.principal.session_id;
+                match self.realtime.authenticator.session_alive(session_id).await {
+                    Ok(true) => self.session_checked = Instant::now(),
+                    Ok(false) => {
+                        info!(%session_id, "login session ended; closing its live connection");
+                        let _ = self.send_error("session_ended", None, "your session ended (logged out, expired or disabled); log in again").await;
+                        return Next::Close(Some(CloseReason { code: CloseCode::Policy, description: Some("session ended".into()) }));
+                    }
+                    Err(e) => warn!(error = %e, "cannot check the login session; will retry"),
+                }
             }
         }
         let sent = self.session.ping(b"medhub").await;
