@@ -104,16 +104,20 @@ pub fn hub_binary() -> &'static Path {
         if let Some(path) = std::env::var_os("MEDHUB_HUB_BIN") {
             return PathBuf::from(path);
         }
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        let status = Command::new(cargo)
-            .args(["build", "--quiet", "-p", "medhub-hub", "--bin", "hub"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("run cargo build for the hub binary");
-        assert!(status.success(), "building the hub binary failed");
-        // Test executables live in target/<profile>/deps.
+        // Test and bench executables live in target/<profile>/deps; the hub is built alike
+        // (benchmarks measure a release hub).
         let exe = std::env::current_exe().expect("test executable path");
-        exe.parent().and_then(Path::parent).expect("target dir").join("hub")
+        let profile_dir = exe.parent().and_then(Path::parent).expect("target dir").to_owned();
+        let release = profile_dir.file_name().is_some_and(|name| name == "release");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let mut build = Command::new(cargo);
+        build.args(["build", "--quiet", "-p", "medhub-hub", "--bin", "hub"]).current_dir(env!("CARGO_MANIFEST_DIR"));
+        if release {
+            build.arg("--release");
+        }
+        let status = build.status().expect("run cargo build for the hub binary");
+        assert!(status.success(), "building the hub binary failed");
+        profile_dir.join("hub")
     })
 }
 
