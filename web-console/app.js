@@ -1,12 +1,19 @@
 // The console's shell: the sign-in page, then the frame every page sits in (navigation by role,
 // the signed-in user, the live connection's status, sign out) and the hash router (#/beds,
-// #/audit, #/home) that mounts one page at a time into it. Pages live in their own modules.
+// #/schedule, #/book, #/my, #/audit, #/home) that mounts one page at a time into it. Pages live
+// in their own modules.
 
 import * as api from './api.js';
 import { LiveConnection } from './live.js';
 import { mountBedBoard } from './beds.js';
+import { mountSchedule } from './schedule.js';
+import { mountBooking } from './booking.js';
+import { mountMyAppointments } from './my-appointments.js';
 import { mountAudit } from './audit.js';
 import { h, replaceChildren } from './dom.js';
+
+// The appointment pages' styles live in their own sheet (same origin, so the CSP allows it).
+document.head.append(h('link', { rel: 'stylesheet', href: '/console/appointments.css' }));
 
 const ROLE_LABELS = {
   admin: 'Admin', dispatcher: 'Dispatcher', doctor: 'Doctor', nurse: 'Nurse', pharmacist: 'Pharmacist', patient: 'Patient',
@@ -15,8 +22,11 @@ const ROLE_LABELS = {
 /** Pages, in navigation order. A role sees the pages that list it; its first page is its home. */
 const PAGES = [
   { id: 'beds', title: 'Bed board', roles: ['admin', 'nurse', 'doctor', 'dispatcher'], live: true, mount: mountBedBoard },
+  { id: 'schedule', title: 'Schedule', roles: ['doctor', 'nurse', 'admin'], live: true, mount: mountSchedule },
+  { id: 'book', title: 'Book', roles: ['admin', 'nurse', 'doctor'], live: true, mount: mountBooking },
+  { id: 'my', title: 'My appointments', roles: ['patient'], live: true, mount: mountMyAppointments },
   { id: 'audit', title: 'Audit trail', roles: ['admin'], mount: mountAudit },
-  { id: 'home', title: 'Home', roles: ['pharmacist', 'patient'], mount: mountComingSoon },
+  { id: 'home', title: 'Home', roles: ['pharmacist'], mount: mountComingSoon },
 ];
 
 const app = document.getElementById('app');
@@ -223,10 +233,6 @@ const COMING = {
   pharmacist: {
     title: 'The pharmacy area is on its way',
     text: 'Stock levels, batches and expiry dates, and dispensing will appear here. Nothing needs doing here yet.',
-  },
-  patient: {
-    title: 'Your area is on its way',
-    text: 'Your appointments and video consultations will appear here. Nothing needs doing here yet.',
   },
 };
 

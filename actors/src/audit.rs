@@ -180,6 +180,62 @@ pub async fn append(conn: &mut PgConnection, tenant_id: Uuid, record: &AuditReco
     Ok(seq)
 }
 
+/// Appends many entries to the tenant's chain in one statement, in order, inside the caller's
+/// transaction (a bulk upload, a search that names many patients). Returns the last seq.
+pub async fn append_many(conn: &mut PgConnection, tenant_id: Uuid, records: &[AuditRecord]) -> Result<i64, sqlx::Error> {
+    let head = sqlx::query("SELECT seq, hash FROM audit_heads WHERE tenant_id = $1 FOR UPDATE")
+        .bind(tenant_id)
+        .fetch_one(&mut *conn)
+        .await?;
+    let mut seq: i64 = head.get("seq");
+    let mut prev_hash: Vec<u8> = head.get("hash");
+    if records.is_empty() {
+        return Ok(seq);
+    }
+    let at = Utc::now().trunc_subsecs(6);
+    let mut rows = Vec::with_capacity(records.len());
+    for record in records {
+        seq += 1;
+        let hash = chain_hash(&prev_hash, &canonical_content(tenant_id, seq, at, record));
+        rows.push((seq, std::mem::replace(&mut prev_hash, hash.to_vec()), hash.to_vec()));
+    }
+    let column = |f: &dyn Fn(&AuditRecord) -> Option<String>| records.iter().map(f).collect::<Vec<Option<String>>>();
+    sqlx::query(
+        "INSERT INTO audit_log (tenant_id, seq, at, actor_kind, actor_id, actor_role, action, resource_type,
+                                resource_id, patient_id, source_addr, outcome, detail, prev_hash, hash)
+         SELECT $1, seq, $2, actor_kind, actor_id, actor_role, action, resource_type, resource_id, patient_id,
+                source_addr, outcome, detail, prev_hash, hash
+         FROM UNNEST($3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::uuid[],
+                     $11::text[], $12::text[], $13::jsonb[], $14::bytea[], $15::bytea[])
+              AS entry (seq, actor_kind, actor_id, actor_role, action, resource_type, resource_id, patient_id,
+                        source_addr, outcome, detail, prev_hash, hash)",
+    )
+    .bind(tenant_id)
+    .bind(at)
+    .bind(rows.iter().map(|(seq, _, _)| *seq).collect::<Vec<i64>>())
+    .bind(column(&|r| Some(r.actor_kind.to_owned())))
+    .bind(column(&|r| Some(r.actor_id.clone())))
+    .bind(column(&|r| r.actor_role.clone()))
+    .bind(column(&|r| Some(r.action.clone())))
+    .bind(column(&|r| Some(r.resource_type.clone())))
+    .bind(column(&|r| r.resource_id.clone()))
+    .bind(records.iter().map(|r| r.patient_id).collect::<Vec<Option<Uuid>>>())
+    .bind(column(&|r| r.source_addr.clone()))
+    .bind(column(&|r| Some(r.outcome.as_str().to_owned())))
+    .bind(records.iter().map(|r| r.detail.clone()).collect::<Vec<Value>>())
+    .bind(rows.iter().map(|(_, prev, _)| prev.clone()).collect::<Vec<Vec<u8>>>())
+    .bind(rows.iter().map(|(_, _, hash)| hash.clone()).collect::<Vec<Vec<u8>>>())
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("UPDATE audit_heads SET seq = $2, hash = $3 WHERE tenant_id = $1")
+        .bind(tenant_id)
+        .bind(seq)
+        .bind(&prev_hash)
+        .execute(&mut *conn)
+        .await?;
+    Ok(seq)
+}
+
 /// Appends one entry in a transaction of its own (for things that change nothing else:
 /// a refused request, a failed login, a read of patient data).
 pub async fn record(pool: &PgPool, tenant_id: Uuid, record: &AuditRecord) -> Result<i64, sqlx::Error> {

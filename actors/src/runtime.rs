@@ -14,7 +14,9 @@ use crate::error::ActorError;
 use crate::facility::FacilityActor;
 use crate::metrics::ActorMetrics;
 use crate::schedule::DoctorScheduleActor;
-use crate::tenant::{FacilityAddr, ScheduleAddr, TenantSupervisor};
+use crate::inventory::InventoryBatchActor;
+use crate::pharmacy::PrescriptionLocks;
+use crate::tenant::{BatchAddr, FacilityAddr, ScheduleAddr, TenantSupervisor};
 
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
@@ -30,6 +32,7 @@ pub struct ActorRuntime {
     metrics: ActorMetrics,
     arbiters: Mutex<Vec<Arbiter>>,
     tenants: Mutex<HashMap<Uuid, Addr<TenantSupervisor>>>,
+    prescription_locks: PrescriptionLocks,
 }
 
 impl ActorRuntime {
@@ -42,6 +45,7 @@ impl ActorRuntime {
             metrics,
             arbiters: Mutex::new(arbiters),
             tenants: Mutex::new(HashMap::new()),
+            prescription_locks: PrescriptionLocks::default(),
         })
     }
 
@@ -73,6 +77,16 @@ impl ActorRuntime {
     /// The schedule actor of a doctor of this tenant; `NotFound` for another tenant's doctor.
     pub async fn schedule(&self, tenant_id: Uuid, tenant: &TenantSlug, doctor_id: Uuid) -> Result<Addr<DoctorScheduleActor>, ActorError> {
         self.tenant(tenant_id, tenant)?.send(ScheduleAddr(doctor_id)).await?
+    }
+
+    /// The actor of a medication batch of this tenant; `NotFound` for another tenant's batch.
+    pub async fn batch(&self, tenant_id: Uuid, tenant: &TenantSlug, batch_id: Uuid) -> Result<Addr<InventoryBatchActor>, ActorError> {
+        self.tenant(tenant_id, tenant)?.send(BatchAddr(batch_id)).await?
+    }
+
+    /// Serialises the work on each prescription (see `pharmacy`).
+    pub fn prescription_locks(&self) -> &PrescriptionLocks {
+        &self.prescription_locks
     }
 
     /// Stops every actor thread. Call after the HTTP server has drained, so that no command

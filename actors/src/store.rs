@@ -5,6 +5,10 @@
 //! its live topic), the audit entry and, every N events, a snapshot, then commits. The event's
 //! envelope is sent with `pg_notify` inside the same transaction: PostgreSQL delivers it only if the
 //! transaction commits, and in commit order, which the topic's row lock makes equal to seq order.
+//!
+//! Lock order, for every transaction that writes events and audit entries: topic rows first (in
+//! name order when there are several), the tenant's audit chain head last. Two transactions that
+//! took them the other way round would deadlock under load.
 
 use std::time::Instant;
 
@@ -143,6 +147,47 @@ pub async fn append_event(conn: &mut PgConnection, tenant_id: Uuid, draft: &Even
 pub async fn publish_copy(conn: &mut PgConnection, tenant_id: Uuid, topic: &str, event_type: &'static str, data: &Value) -> Result<Committed, ActorError> {
     let draft = EventDraft { stream: topic.to_owned(), expected_version: 0, topic: topic.to_owned(), event_type, data: data.clone() };
     append_event(conn, tenant_id, &draft).await
+}
+
+/// Appends the first event of many new streams, all on one topic, in one statement (a bulk
+/// upload). Only the last event is announced: the broker and every subscriber fill the run before it
+/// from the event log, as they fill any gap, so a large upload does not flood the notification queue.
+pub async fn append_new_streams(conn: &mut PgConnection, tenant_id: Uuid, topic: &str, event_type: &'static str, streams: &[(String, Value)]) -> Result<Vec<i64>, ActorError> {
+    if streams.is_empty() {
+        return Ok(Vec::new());
+    }
+    let at = Utc::now().trunc_subsecs(6);
+    let count = streams.len() as i64;
+    let last: i64 = sqlx::query_scalar(
+        "INSERT INTO topic_seqs (topic, seq) VALUES ($1, $2)
+         ON CONFLICT (topic) DO UPDATE SET seq = topic_seqs.seq + $2 RETURNING seq",
+    )
+    .bind(topic)
+    .bind(count)
+    .fetch_one(&mut *conn)
+    .await?;
+    let seqs: Vec<i64> = ((last - count + 1)..=last).collect();
+    sqlx::query(
+        "INSERT INTO events (tenant_id, stream, stream_seq, topic, topic_seq, event_type, data, created_at)
+         SELECT $1, stream, 1, $2, topic_seq, $3, data, $4 FROM UNNEST($5::text[], $6::bigint[], $7::jsonb[]) AS e (stream, topic_seq, data)",
+    )
+    .bind(tenant_id)
+    .bind(topic)
+    .bind(event_type)
+    .bind(at)
+    .bind(streams.iter().map(|(stream, _)| stream.clone()).collect::<Vec<_>>())
+    .bind(&seqs)
+    .bind(streams.iter().map(|(_, data)| data.clone()).collect::<Vec<_>>())
+    .execute(&mut *conn)
+    .await?;
+    let (_, data) = streams.last().expect("not empty");
+    let envelope = Envelope { kind: event_type.to_owned(), topic: topic.to_owned(), seq: last, ts: format_ts(at), data: data.clone() };
+    let mut payload = serde_json::to_string(&envelope).expect("envelopes serialise");
+    if payload.len() > MAX_INLINE_PAYLOAD {
+        payload = json!({"topic": topic, "seq": last, "by_reference": true}).to_string();
+    }
+    sqlx::query("SELECT pg_notify($1, $2)").bind(EVENTS_CHANNEL).bind(payload).execute(&mut *conn).await?;
+    Ok(seqs)
 }
 
 pub async fn save_snapshot(

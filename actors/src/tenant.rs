@@ -2,7 +2,8 @@
 //! keeps their addresses, and runs each under actix's `Supervisor` so that a child that crashes is
 //! restarted in place (same address, same mailbox) and recovers its committed state.
 //!
-//! Children: a `FacilityActor` per facility and a `DoctorScheduleActor` per doctor. Looking one up
+//! Children: a `FacilityActor` per facility, a `DoctorScheduleActor` per doctor and an
+//! `InventoryBatchActor` per medication batch. Looking one up
 //! is atomic, so two first requests for one key can never start two writers.
 
 use std::collections::HashMap;
@@ -17,6 +18,7 @@ use crate::domain::{Caller, TenantSlug};
 use crate::error::ActorError;
 use crate::facility::{self, Facility, FacilityActor, NewFacility};
 use crate::metrics::ActorMetrics;
+use crate::inventory::{self, Batch, InventoryBatchActor, NewBatch};
 use crate::schedule::{self, DoctorScheduleActor, NewDoctor, Schedule};
 
 pub struct TenantSupervisor {
@@ -27,6 +29,7 @@ pub struct TenantSupervisor {
     metrics: ActorMetrics,
     facilities: HashMap<Uuid, Addr<FacilityActor>>,
     schedules: HashMap<Uuid, Addr<DoctorScheduleActor>>,
+    batches: HashMap<Uuid, Addr<InventoryBatchActor>>,
 }
 
 /// A kind of child: how to recover its state and start it, and where its address is kept.
@@ -73,9 +76,26 @@ impl Child for DoctorScheduleActor {
     }
 }
 
+impl Child for InventoryBatchActor {
+    type State = Batch;
+    const NAME: &'static str = "batch";
+    fn recover(pool: PgPool, tenant_id: Uuid, id: Uuid) -> impl Future<Output = Result<Option<Batch>, ActorError>> + 'static {
+        async move { inventory::recover(&pool, tenant_id, id).await }
+    }
+    fn build(s: &TenantSupervisor, state: Batch) -> Self {
+        InventoryBatchActor::new(s.tenant_id, s.tenant.clone(), state, s.pool.clone(), s.snapshot_every, s.metrics.clone())
+    }
+    fn id(state: &Batch) -> Uuid {
+        state.id
+    }
+    fn registry(s: &mut TenantSupervisor) -> &mut HashMap<Uuid, Addr<Self>> {
+        &mut s.batches
+    }
+}
+
 impl TenantSupervisor {
     pub(crate) fn new(tenant_id: Uuid, tenant: TenantSlug, pool: PgPool, snapshot_every: i64, metrics: ActorMetrics) -> Self {
-        TenantSupervisor { tenant_id, tenant, pool, snapshot_every, metrics, facilities: HashMap::new(), schedules: HashMap::new() }
+        TenantSupervisor { tenant_id, tenant, pool, snapshot_every, metrics, facilities: HashMap::new(), schedules: HashMap::new(), batches: HashMap::new() }
     }
 
     fn start_child<C: Child>(&mut self, state: C::State) -> Addr<C> {
@@ -194,6 +214,47 @@ impl Handler<RegisterDoctor> for TenantSupervisor {
                     let schedule = registered?;
                     supervisor.start_child::<DoctorScheduleActor>(schedule.clone());
                     Ok(schedule)
+                }),
+        )
+    }
+}
+
+/// The address of a medication batch's actor, starting (and recovering) it on first use.
+#[derive(Message)]
+#[rtype(result = "Result<Addr<InventoryBatchActor>, ActorError>")]
+pub struct BatchAddr(pub Uuid);
+
+impl Handler<BatchAddr> for TenantSupervisor {
+    type Result = AtomicResponse<Self, Result<Addr<InventoryBatchActor>, ActorError>>;
+
+    fn handle(&mut self, BatchAddr(id): BatchAddr, _ctx: &mut Context<Self>) -> Self::Result {
+        self.child::<InventoryBatchActor>(id)
+    }
+}
+
+/// Receives a new batch of a medication at a pharmacy and starts its actor.
+#[derive(Message)]
+#[rtype(result = "Result<Batch, ActorError>")]
+pub struct ReceiveBatch {
+    pub caller: Caller,
+    pub batch: NewBatch,
+}
+
+impl Handler<ReceiveBatch> for TenantSupervisor {
+    type Result = ResponseActFuture<Self, Result<Batch, ActorError>>;
+
+    fn handle(&mut self, msg: ReceiveBatch, _ctx: &mut Context<Self>) -> Self::Result {
+        let (pool, tenant_id, tenant, every, metrics) =
+            (self.pool.clone(), self.tenant_id, self.tenant.clone(), self.snapshot_every, self.metrics.clone());
+        let span = info_span!("command", tenant = %self.tenant, actor = "tenant", command = "receive_batch");
+        Box::pin(
+            async move { inventory::receive(&pool, tenant_id, &tenant, &msg.caller, &msg.batch, every, &metrics).await }
+                .instrument(span)
+                .into_actor(self)
+                .map(|received, supervisor, _ctx| {
+                    let batch = received?;
+                    supervisor.start_child::<InventoryBatchActor>(batch.clone());
+                    Ok(batch)
                 }),
         )
     }

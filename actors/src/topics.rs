@@ -17,6 +17,11 @@ pub fn schedule_topic(tenant: &TenantSlug, doctor_id: Uuid) -> String {
     format!("tenant/{tenant}/schedule/{doctor_id}")
 }
 
+/// A pharmacy's live stock board: batches and stock alerts.
+pub fn stock_topic(tenant: &TenantSlug, pharmacy_id: Uuid) -> String {
+    format!("tenant/{tenant}/stock/{pharmacy_id}")
+}
+
 /// A user's own feed: what concerns them personally (a patient's appointments, later their
 /// prescriptions).
 pub fn user_topic(tenant: &TenantSlug, user_id: Uuid) -> String {
@@ -32,6 +37,8 @@ pub enum Topic {
     Schedule { tenant: TenantSlug, doctor_id: Uuid },
     /// `tenant/{t}/user/{user}`: one user's own feed.
     User { tenant: TenantSlug, user_id: Uuid },
+    /// `tenant/{t}/stock/{pharmacy}`: a pharmacy's batches and stock alerts.
+    Stock { tenant: TenantSlug, pharmacy_id: Uuid },
 }
 
 /// Why a subscription was refused, as told to the client.
@@ -44,6 +51,7 @@ pub struct Refusal {
 /// Who may watch which topic.
 const BED_WATCHERS: &[Role] = &[Role::Admin, Role::Dispatcher, Role::Doctor, Role::Nurse];
 const SCHEDULE_WATCHERS: &[Role] = &[Role::Admin, Role::Doctor, Role::Nurse];
+const STOCK_WATCHERS: &[Role] = &[Role::Admin, Role::Pharmacist, Role::Doctor];
 
 impl Topic {
     pub fn parse(name: &str) -> Result<Topic, Refusal> {
@@ -55,6 +63,7 @@ impl Topic {
             ["tenant", slug, "beds"] => Ok(Topic::Beds { tenant: tenant(slug)? }),
             ["tenant", slug, "schedule", doctor] => Ok(Topic::Schedule { tenant: tenant(slug)?, doctor_id: id(doctor)? }),
             ["tenant", slug, "user", user] => Ok(Topic::User { tenant: tenant(slug)?, user_id: id(user)? }),
+            ["tenant", slug, "stock", pharmacy] => Ok(Topic::Stock { tenant: tenant(slug)?, pharmacy_id: id(pharmacy)? }),
             _ => Err(unknown()),
         }
     }
@@ -64,12 +73,13 @@ impl Topic {
             Topic::Beds { tenant } => beds_topic(tenant),
             Topic::Schedule { tenant, doctor_id } => schedule_topic(tenant, *doctor_id),
             Topic::User { tenant, user_id } => user_topic(tenant, *user_id),
+            Topic::Stock { tenant, pharmacy_id } => stock_topic(tenant, *pharmacy_id),
         }
     }
 
     fn tenant(&self) -> &TenantSlug {
         match self {
-            Topic::Beds { tenant } | Topic::Schedule { tenant, .. } | Topic::User { tenant, .. } => tenant,
+            Topic::Beds { tenant } | Topic::Schedule { tenant, .. } | Topic::User { tenant, .. } | Topic::Stock { tenant, .. } => tenant,
         }
     }
 
@@ -83,6 +93,7 @@ impl Topic {
             Topic::Beds { .. } => principal.has_role(BED_WATCHERS),
             Topic::Schedule { .. } => principal.has_role(SCHEDULE_WATCHERS),
             Topic::User { user_id, .. } => *user_id == principal.user_id,
+            Topic::Stock { .. } => principal.has_role(STOCK_WATCHERS),
         };
         if allowed {
             Ok(())
@@ -107,6 +118,10 @@ impl Topic {
                 let (seq, appointments) =
                     schedule::topic_snapshot(pool, principal.tenant_id, &self.name(), AppointmentsOf::PatientUser(*user_id)).await?;
                 Ok((seq, json!({"seq": seq, "appointments": appointments})))
+            }
+            Topic::Stock { pharmacy_id, .. } => {
+                let board = crate::pharmacy::stock_board(pool, principal.tenant_id, *pharmacy_id, &self.name()).await?;
+                Ok((board.seq, json!(board)))
             }
         }
     }

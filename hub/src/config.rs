@@ -44,6 +44,10 @@ pub struct ConfigArgs {
     #[arg(long, env = "MEDHUB_DB_MAX_CONNECTIONS", global = true)]
     pub db_max_connections: Option<u32>,
 
+    /// Connections reserved for actor commits, besides db_max_connections [default: 10].
+    #[arg(long, env = "MEDHUB_DB_ACTOR_CONNECTIONS", global = true)]
+    pub db_actor_connections: Option<u32>,
+
     /// Secret that signs access tokens (at least 32 characters). Without it the hub generates one
     /// and keeps it in the database, shared by every hub on that database.
     #[arg(long, env = "MEDHUB_JWT_SECRET", global = true, hide_env_values = true)]
@@ -97,6 +101,14 @@ pub struct ConfigArgs {
     #[arg(long, env = "MEDHUB_REMINDER_SWEEP_SECS", global = true)]
     pub reminder_sweep_secs: Option<u64>,
 
+    /// Days before a batch's expiry date at which expiry alerts are raised, comma-separated [default: 90,30,7].
+    #[arg(long, env = "MEDHUB_EXPIRY_ALERT_DAYS", global = true)]
+    pub expiry_alert_days: Option<String>,
+
+    /// Seconds between sweeps for batches nearing expiry [default: 3600].
+    #[arg(long, env = "MEDHUB_EXPIRY_SWEEP_SECS", global = true)]
+    pub expiry_sweep_secs: Option<u64>,
+
     /// Seconds graceful shutdown waits for in-flight requests [default: 10].
     #[arg(long, env = "MEDHUB_SHUTDOWN_TIMEOUT_SECS", global = true)]
     pub shutdown_timeout_secs: Option<u64>,
@@ -129,6 +141,7 @@ pub struct Settings {
     pub pg_bin_dir: Option<PathBuf>,
     pub pg_port: u16,
     pub db_max_connections: u32,
+    pub db_actor_connections: u32,
     pub jwt_secret: Option<String>,
     pub access_token_ttl: Duration,
     pub refresh_token_ttl: Duration,
@@ -142,6 +155,8 @@ pub struct Settings {
     pub ws_replay_limit: i64,
     pub reminder_lead: Duration,
     pub reminder_sweep: Duration,
+    pub expiry_alert_days: Vec<i32>,
+    pub expiry_sweep: Duration,
     pub shutdown_timeout: Duration,
     pub log: String,
     pub log_format: LogFormat,
@@ -161,10 +176,10 @@ impl Settings {
             Some(path) => read_file(path)?,
             None => ConfigArgs::default(),
         };
-        prefer!(cli, file; listen, database_url, data_dir, pg_bin_dir, pg_port, db_max_connections, jwt_secret,
+        prefer!(cli, file; listen, database_url, data_dir, pg_bin_dir, pg_port, db_max_connections, db_actor_connections, jwt_secret,
             access_token_ttl_secs, refresh_token_ttl_secs, snapshot_every, actor_threads, http_workers,
             ws_queue_capacity, ws_heartbeat_secs, ws_client_timeout_secs, ws_session_check_secs, ws_replay_limit, reminder_lead_secs,
-            reminder_sweep_secs, shutdown_timeout_secs,
+            reminder_sweep_secs, expiry_alert_days, expiry_sweep_secs, shutdown_timeout_secs,
             log, log_format, enable_fault_injection);
 
         let log_format = match log_format.as_deref().unwrap_or("text") {
@@ -190,6 +205,7 @@ impl Settings {
             pg_bin_dir,
             pg_port: pg_port.unwrap_or(0),
             db_max_connections: positive("db_max_connections", db_max_connections.unwrap_or(20).into())? as u32,
+            db_actor_connections: positive("db_actor_connections", db_actor_connections.unwrap_or(10).into())? as u32,
             jwt_secret,
             access_token_ttl: Duration::from_secs(positive("access_token_ttl_secs", access_token_ttl_secs.unwrap_or(900))?),
             refresh_token_ttl: Duration::from_secs(positive("refresh_token_ttl_secs", refresh_token_ttl_secs.unwrap_or(43_200))?),
@@ -205,6 +221,8 @@ impl Settings {
             ws_replay_limit: positive("ws_replay_limit", ws_replay_limit.unwrap_or(1000).max(0) as u64)? as i64,
             reminder_lead: Duration::from_secs(positive("reminder_lead_secs", reminder_lead_secs.unwrap_or(3600))?),
             reminder_sweep: Duration::from_secs(positive("reminder_sweep_secs", reminder_sweep_secs.unwrap_or(15))?),
+            expiry_alert_days: parse_days(expiry_alert_days.as_deref().unwrap_or("90,30,7"))?,
+            expiry_sweep: Duration::from_secs(positive("expiry_sweep_secs", expiry_sweep_secs.unwrap_or(3600))?),
             shutdown_timeout: Duration::from_secs(shutdown_timeout_secs.unwrap_or(10)),
             log: log.unwrap_or_else(|| "info".to_owned()),
             log_format,
@@ -212,6 +230,21 @@ impl Settings {
         };
         Ok(settings)
     }
+}
+
+/// "90,30,7" → [90, 30, 7]: whole days from 1 to 3650.
+fn parse_days(text: &str) -> anyhow::Result<Vec<i32>> {
+    let mut days = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part.parse::<i32>() {
+            Ok(day) if (1..=3650).contains(&day) => days.push(day),
+            _ => bail!("expiry_alert_days must be whole days from 1 to 3650, comma-separated (e.g. \"90,30,7\"), not {part:?}"),
+        }
+    }
+    // Tightest first: a batch first seen 20 days before expiry gets the 30-day alert, not also the 90-day one.
+    days.sort_unstable();
+    days.dedup();
+    Ok(days)
 }
 
 fn read_file(path: &Path) -> anyhow::Result<ConfigArgs> {

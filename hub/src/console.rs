@@ -11,7 +11,10 @@ macro_rules! console_files {
     };
 }
 
-console_files!("index.html", "style.css", "app.js", "api.js", "live.js", "beds.js", "audit.js", "dom.js");
+console_files!(
+    "index.html", "style.css", "appointments.css", "app.js", "api.js", "live.js", "beds.js", "audit.js", "dom.js",
+    "appointments.js", "schedule.js", "booking.js", "my-appointments.js",
+);
 
 fn content_type(name: &str) -> &'static str {
     match name.rsplit('.').next() {

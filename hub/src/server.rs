@@ -43,9 +43,13 @@ pub struct AppState {
     pub http_metrics: HttpMetrics,
 }
 
+/// How long a request may wait for a database connection before it is answered 503.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// The database the hub uses, and the embedded server behind it if the hub runs one.
 pub struct Database {
     pub pool: PgPool,
+    url: String,
     pub embedded: Option<EmbeddedPostgres>,
 }
 
@@ -63,11 +67,22 @@ impl Database {
         };
         let pool = PgPoolOptions::new()
             .max_connections(settings.db_max_connections)
-            .acquire_timeout(Duration::from_secs(5))
+            .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect(&url)
             .await
             .context("cannot connect to PostgreSQL (check database_url, or that the server is running)")?;
-        Ok(Database { pool, embedded })
+        Ok(Database { pool, url, embedded })
+    }
+
+    /// A pool of its own for the actors' commits, so that a burst of requests waiting for
+    /// connections can never starve the commits they are all waiting on.
+    pub async fn actor_pool(&self, connections: u32) -> anyhow::Result<PgPool> {
+        PgPoolOptions::new()
+            .max_connections(connections)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect(&self.url)
+            .await
+            .context("cannot connect the actors' pool to PostgreSQL")
     }
 
     pub async fn migrate(&self) -> anyhow::Result<()> {
@@ -109,8 +124,9 @@ pub async fn serve(settings: Settings, demo: bool) -> anyhow::Result<()> {
 
     let signing_key = auth::signing_key(&pool, settings.jwt_secret.as_deref()).await?;
     let auth = Arc::new(AuthService::new(pool.clone(), &signing_key, settings.access_token_ttl, settings.refresh_token_ttl));
+    let actor_pool = database.actor_pool(settings.db_actor_connections).await?;
     let runtime = ActorRuntime::start(
-        pool.clone(),
+        actor_pool.clone(),
         RuntimeConfig { snapshot_every: settings.snapshot_every, threads: settings.actor_threads },
         actor_metrics,
     );
@@ -120,6 +136,7 @@ pub async fn serve(settings: Settings, demo: bool) -> anyhow::Result<()> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let broker = Arc::new(Broker::new(realtime_metrics.clone()));
     let broker_task = actix_web::rt::spawn(broker.clone().run(pool.clone(), shutdown_rx.clone()));
+    let expiry_task = actix_web::rt::spawn(expiry_sweep(pool.clone(), settings.expiry_alert_days.clone(), settings.expiry_sweep, shutdown_rx.clone()));
     let reminder_task = actix_web::rt::spawn(reminders::run(
         runtime.clone(),
         pool.clone(),
@@ -199,12 +216,30 @@ pub async fn serve(settings: Settings, demo: bool) -> anyhow::Result<()> {
         error!(error = %e, "HTTP server task failed");
     }
     let _ = reminder_task.await;
+    let _ = expiry_task.await;
     let runtime_to_stop = runtime.clone();
     tokio::task::spawn_blocking(move || runtime_to_stop.shutdown()).await?;
     let _ = broker_task.await;
+    actor_pool.close().await;
     database.close().await;
     info!("hub stopped");
     Ok(())
+}
+
+/// Raises expiry alerts for batches nearing their expiry date, every `every`.
+async fn expiry_sweep(pool: PgPool, horizons: Vec<i32>, every: Duration, mut shutdown: watch::Receiver<bool>) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => match medhub_actors::pharmacy::sweep_expiry(&pool, &horizons).await {
+                Ok(0) => {}
+                Ok(raised) => info!(raised, "expiry alerts raised"),
+                Err(e) => warn!(error = %e, "expiry sweep failed; the next one retries"),
+            },
+            _ = shutdown.changed() => return,
+        }
+    }
 }
 
 async fn wait_for_signal() -> &'static str {

@@ -588,3 +588,41 @@ pub fn around_the_clock() -> Value {
     let days = ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"];
     Value::Array(days.iter().map(|day| json!({"weekday": day, "start": "00:00", "end": "24:00"})).collect())
 }
+
+// ---------------------------------------------------------------------------------------------
+// Pharmacy
+
+impl TestDb {
+    /// Adds a medication to the tenant's formulary (setup only).
+    pub async fn medication(&self, tenant: &Tenant, name: &str, generic: &str, atc: &str, unit_price: &str) -> Uuid {
+        let id = Uuid::new_v4();
+        sqlx::query(
+            "INSERT INTO medications (id, tenant_id, name, generic_name, atc_code, form, strength, unit, manufacturer, unit_price)
+             VALUES ($1, $2, $3, $4, $5, 'tablet', '1 unit', 'tablet', 'Generic', $6::numeric)",
+        )
+        .bind(id)
+        .bind(tenant.id)
+        .bind(name)
+        .bind(generic)
+        .bind(atc)
+        .bind(unit_price)
+        .execute(&self.pool)
+        .await
+        .expect("medication");
+        id
+    }
+}
+
+impl Api {
+    /// Receives a batch (as a pharmacist) expiring `days` from today; returns its id.
+    pub async fn receive_batch(&self, pharmacy: Uuid, medication: Uuid, batch_number: &str, days: i64, quantity: i64) -> Uuid {
+        let expiry = (chrono::Utc::now() + chrono::Duration::days(days)).date_naive();
+        let body = self
+            .post("/api/inventory", json!({"pharmacy_id": pharmacy, "medication_id": medication, "batch_number": batch_number,
+                                          "expiry_date": expiry, "quantity": quantity}))
+            .await
+            .expect("receive batch")
+            .expect(201);
+        body["id"].as_str().and_then(|id| id.parse().ok()).expect("batch id")
+    }
+}

@@ -47,6 +47,18 @@ impl Body {
     }
 }
 
+impl Body {
+    /// Like [`Body::parse`], with an empty (or `null`) body meaning the defaults.
+    pub fn parse_or_default<T: DeserializeOwned + Default>(&self) -> Result<T, ApiError> {
+        let text = std::str::from_utf8(&self.0).unwrap_or_default().trim();
+        if text.is_empty() || text == "null" {
+            Ok(T::default())
+        } else {
+            self.parse()
+        }
+    }
+}
+
 impl FromRequest for Body {
     type Error = ApiError;
     type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;

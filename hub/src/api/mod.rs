@@ -9,6 +9,7 @@ pub mod error;
 pub mod extract;
 pub mod facilities;
 pub mod patients;
+pub mod pharmacy;
 pub mod schedules;
 
 use actix_web::web;
@@ -19,4 +20,5 @@ pub fn routes(cfg: &mut web::ServiceConfig, fault_injection: bool) {
     audit::routes(cfg);
     patients::routes(cfg);
     schedules::routes(cfg);
+    pharmacy::routes(cfg);
 }
