@@ -11,6 +11,9 @@ use uuid::Uuid;
 use medhub_actors::audit::{self, AuditRecord};
 use medhub_actors::facility::{FacilityKind, NewFacility, NewWard, WardKind};
 use medhub_actors::runtime::ActorRuntime;
+use medhub_actors::inventory::{self, NewBatch};
+use medhub_actors::pharmacy::{self, NewPrescription};
+use medhub_actors::formulary;
 use medhub_actors::patients::{self, Address, BirthDate, NewPatient, PatientDetails, PatientName, Phone, Sex};
 use medhub_actors::schedule::{AppointmentKind, Book, DayOfWeek, NewDoctor, WorkingHours};
 use medhub_actors::tenant::{CreateFacility, RegisterDoctor};
@@ -164,13 +167,14 @@ pub async fn seed_demo(pool: &PgPool, runtime: &ActorRuntime) -> anyhow::Result<
         let facility = NewFacility::new(name, kind, location, "Africa/Nairobi", wards)?;
         facility_ids.push(supervisor.send(CreateFacility { caller: caller.clone(), facility }).await??.id);
     }
-    seed_clinic(pool, runtime, &caller, &ids, &facility_ids).await?;
+    let patient_ids = seed_clinic(pool, runtime, &caller, &ids, &facility_ids).await?;
+    seed_pharmacy(pool, runtime, &caller, &ids, &facility_ids, &patient_ids).await?;
     Ok(users.into_iter().map(|(user, _)| user).collect())
 }
 
 /// Doctors with weekly hours, patients (the demo patient user is one of them) and a few
 /// appointments today and tomorrow, so that the schedule pages have something to show.
-async fn seed_clinic(pool: &PgPool, runtime: &ActorRuntime, admin: &Caller, user_ids: &[Uuid], facility_ids: &[Uuid]) -> anyhow::Result<()> {
+async fn seed_clinic(pool: &PgPool, runtime: &ActorRuntime, admin: &Caller, user_ids: &[Uuid], facility_ids: &[Uuid]) -> anyhow::Result<Vec<Uuid>> {
     let every_day = |start: &str, end: &str| -> anyhow::Result<Vec<WorkingHours>> {
         let days = [DayOfWeek::Monday, DayOfWeek::Tuesday, DayOfWeek::Wednesday, DayOfWeek::Thursday, DayOfWeek::Friday, DayOfWeek::Saturday, DayOfWeek::Sunday];
         days.into_iter()
@@ -228,6 +232,63 @@ async fn seed_clinic(pool: &PgPool, runtime: &ActorRuntime, admin: &Caller, user
             .send(Book { caller: admin.clone(), patient_id: patient_ids[patient], start, end: None, kind: AppointmentKind::InPerson, reason: Some("follow-up".into()) })
             .await?;
         booked?;
+    }
+    Ok(patient_ids)
+}
+
+/// The starter formulary, stock at two pharmacies (a few batches close to expiry, a few
+/// medications at their reorder point) and two prescriptions waiting at the pharmacy counter.
+async fn seed_pharmacy(pool: &PgPool, runtime: &ActorRuntime, admin: &Caller, user_ids: &[Uuid], facility_ids: &[Uuid], patient_ids: &[Uuid]) -> anyhow::Result<()> {
+    let tenant_id = admin.principal.tenant_id;
+    formulary::load(pool, tenant_id).await?;
+    let medication = |name: &'static str| async move {
+        sqlx::query_scalar::<_, Uuid>("SELECT id FROM medications WHERE tenant_id = $1 AND name = $2")
+            .bind(tenant_id)
+            .bind(name)
+            .fetch_optional(pool)
+            .await?
+            .with_context(|| format!("{name} is not in the starter formulary"))
+    };
+    let today = Utc::now().date_naive();
+    let stock = [
+        ("Amoxicillin 500 mg capsule", "AMX-2401", 20, 60),
+        ("Amoxicillin 500 mg capsule", "AMX-2409", 400, 300),
+        ("Paracetamol 500 mg tablet", "PCM-2407", 250, 1000),
+        ("Ibuprofen 400 mg tablet", "IBU-2406", 180, 300),
+        ("Metformin 500 mg tablet", "MET-2405", 320, 500),
+        ("Amlodipine 5 mg tablet", "AML-2411", 500, 240),
+        ("Omeprazole 20 mg capsule", "OME-2402", 25, 90),
+        ("Salbutamol 100 micrograms/dose inhaler (200 doses)", "SAL-2403", 200, 12),
+        ("Artemether + lumefantrine 20 mg/120 mg tablet", "ALU-2404", 150, 96),
+        ("Enalapril 10 mg tablet", "ENA-2408", 365, 8),
+    ];
+    let mut batches = Vec::new();
+    for (name, batch_number, days, quantity) in stock {
+        let medication_id = match medication(name).await {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::warn!(error = %e, "demo stock skipped");
+                continue;
+            }
+        };
+        for pharmacy in [facility_ids[0], facility_ids[1]] {
+            let quantity = if pharmacy == facility_ids[0] { quantity } else { quantity / 2 + 1 };
+            batches.push(NewBatch::new(pharmacy, medication_id, batch_number, today + Duration::days(days), quantity, Some("Main store".into()))?);
+        }
+    }
+    inventory::receive_many(pool, tenant_id, &admin.principal.tenant_slug, admin, &batches).await?;
+    for (name, point) in [("Salbutamol 100 micrograms/dose inhaler (200 doses)", 20), ("Enalapril 10 mg tablet", 10), ("Amoxicillin 500 mg capsule", 50)] {
+        if let Ok(medication_id) = medication(name).await {
+            pharmacy::set_reorder_point(pool, admin, facility_ids[0], medication_id, point).await?;
+        }
+    }
+    // The demo doctor prescribes for two patients at Central General's pharmacy.
+    let doctor = Caller { principal: Principal { user_id: user_ids[2], role: Role::Doctor, ..admin.principal.clone() }, source_addr: admin.source_addr.clone() };
+    for (patient, name, quantity) in [(0, "Amoxicillin 500 mg capsule", 21), (1, "Metformin 500 mg tablet", 60)] {
+        if let Ok(medication_id) = medication(name).await {
+            let new = NewPrescription::new(patient_ids[patient], medication_id, facility_ids[0], "1 tablet", "as directed", 7, quantity, 1, None)?;
+            pharmacy::prescribe(runtime, pool, &doctor, new).await?;
+        }
     }
     Ok(())
 }
