@@ -10,6 +10,7 @@
 //! [`audit`] (the hash-chained trail), [`topics`] (who may watch what), [`facility`] (beds).
 
 pub mod audit;
+pub mod billing;
 pub mod domain;
 mod durable;
 pub mod error;

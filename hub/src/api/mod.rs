@@ -5,6 +5,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod billing;
 pub mod error;
 pub mod extract;
 pub mod facilities;
@@ -18,6 +19,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, fault_injection: bool) {
     auth::routes(cfg);
     facilities::routes(cfg, fault_injection);
     audit::routes(cfg);
+    billing::routes(cfg);
     patients::routes(cfg);
     schedules::routes(cfg);
     pharmacy::routes(cfg);
