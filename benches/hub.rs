@@ -7,6 +7,8 @@
 //! - bookings: concurrent front desks booking distinct slots of one doctor (one actor);
 //!   bookings per second and latency p50/p99/max.
 //! - booking storm: 1,000 requests for one slot at once; time until all are answered.
+//! - dispenses: concurrent pharmacists dispensing one-unit prescriptions from the batches of one
+//!   medication (reserve and dispense through the batch actors); dispenses per second and latency.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -124,6 +126,43 @@ async fn booking_storm(world: &World, doctor: uuid::Uuid) {
     report("booking storm (1,000 for 1 slot)", answers.into_iter().map(|(_, d)| d).collect(), started.elapsed());
 }
 
+async fn dispenses(world: &World, clients: usize, per_client: usize) {
+    let pharmacy = world.facility.id;
+    let pharmacist = world.hub.login(&world.tenant, Role::Pharmacist).await;
+    let medication = world.db.medication(&world.tenant, "Bench Paracetamol 500 mg tablet", "paracetamol", "N02BE01", "1.00").await;
+    let total = (clients * per_client) as i64;
+    for (n, days) in [(0, 100), (1, 200), (2, 300)] {
+        pharmacist.receive_batch(pharmacy, medication, &format!("BENCH-{n}"), days, total).await;
+    }
+    let patients = world.db.patients(&world.tenant, 50).await;
+    let doctor = world.hub.login(&world.tenant, Role::Doctor).await;
+    let mut prescriptions = Vec::new();
+    for n in 0..clients * per_client {
+        let body = json!({"patient_id": patients[n % patients.len()], "medication_id": medication, "pharmacy_id": pharmacy,
+                          "dose": "1 tablet", "frequency": "once", "duration_days": 1, "quantity": 1});
+        prescriptions.push(doctor.post("/api/prescriptions", body).await.expect("prescribe").expect(201)["prescription"]["id"].as_str().expect("id").to_owned());
+    }
+    let mut pharmacists = Vec::new();
+    for _ in 0..clients {
+        pharmacists.push(world.hub.login(&world.tenant, Role::Pharmacist).await);
+    }
+    let started = Instant::now();
+    let runs = pharmacists.into_iter().enumerate().map(|(c, pharmacist)| {
+        let mine: Vec<String> = prescriptions.iter().skip(c).step_by(clients).cloned().collect();
+        async move {
+            let mut latencies = Vec::with_capacity(mine.len());
+            for id in mine {
+                let sent = Instant::now();
+                pharmacist.post(&format!("/api/prescriptions/{id}/dispense"), serde_json::Value::Null).await.expect("dispense").ok();
+                latencies.push(sent.elapsed());
+            }
+            latencies
+        }
+    });
+    let latencies: Vec<Duration> = join_all(runs).await.into_iter().flatten().collect();
+    report(&format!("dispenses ({clients} pharmacists)"), latencies, started.elapsed());
+}
+
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
     runtime.block_on(async {
@@ -134,5 +173,6 @@ fn main() {
         let doctor = world.admin.register_doctor(user, world.facility.id, 15, around_the_clock()).await;
         bookings(&world, doctor, 16, 50).await;
         booking_storm(&world, doctor).await;
+        dispenses(&world, 16, 40).await;
     });
 }
