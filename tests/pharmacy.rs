@@ -429,3 +429,63 @@ async fn kill_9_during_a_dispense_storm_keeps_stock_and_dispensed_conserved() {
     assert!(total_dispensed >= acknowledged, "every acknowledged dispense is there");
     assert!(total_dispensed <= acknowledged + 60, "and nothing beyond what was in flight");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refills_cancellations_and_fhir_views_follow_the_prescription() {
+    let world = World::start(1).await;
+    let pharmacy = world.facility.id;
+    let pharmacist = world.hub.login(&world.tenant, Role::Pharmacist).await;
+    let medication = world.db.medication(&world.tenant, "Enalapril 10 mg tablet", "enalapril", "C09AA02", "3.00").await;
+    let batch = pharmacist.receive_batch(pharmacy, medication, "ENA-1", 300, 100).await;
+    let patient = world.db.patients(&world.tenant, 1).await[0];
+    let doctor = world.hub.login(&world.tenant, Role::Doctor).await;
+    let mut body = prescription(patient, medication, pharmacy, 30);
+    body["refills"] = json!(1);
+    let prescribed = doctor.post("/api/prescriptions", body).await.unwrap().expect(201);
+    let id = prescribed["prescription"]["id"].as_str().unwrap().to_owned();
+
+    // Fill, refill once (reserving again), fill again; a second refill is refused.
+    assert_eq!(pharmacist.post(&format!("/api/prescriptions/{id}/refill"), Value::Null).await.unwrap().status, 409, "not yet dispensed");
+    let first = pharmacist.post(&format!("/api/prescriptions/{id}/dispense"), Value::Null).await.unwrap().ok();
+    assert_eq!((first["dispensed"].as_i64(), first["prescription"]["status"].as_str()), (Some(30), Some("dispensed")));
+    let refilled = pharmacist.post(&format!("/api/prescriptions/{id}/refill"), Value::Null).await.unwrap().ok();
+    assert_eq!((refilled["status"].as_str(), refilled["refills_used"].as_i64(), refilled["reserved"].as_i64()), (Some("active"), Some(1), Some(30)));
+    pharmacist.post(&format!("/api/prescriptions/{id}/dispense"), json!({"quantity": 10})).await.unwrap().ok();
+    let rest = pharmacist.post(&format!("/api/prescriptions/{id}/dispense"), Value::Null).await.unwrap().ok();
+    assert_eq!((rest["dispensed"].as_i64(), rest["prescription"]["status"].as_str()), (Some(20), Some("dispensed")));
+    assert_eq!(pharmacist.post(&format!("/api/prescriptions/{id}/refill"), Value::Null).await.unwrap().status, 409, "refills used up");
+    let too_much = pharmacist.post(&format!("/api/prescriptions/{id}/dispense"), json!({"quantity": 1})).await.unwrap();
+    assert_eq!(too_much.status, 409);
+
+    // Cancelling releases what a prescription holds.
+    let other = doctor.post("/api/prescriptions", prescription(patient, medication, pharmacy, 15)).await.unwrap().expect(201);
+    let other_id = other["prescription"]["id"].as_str().unwrap();
+    assert_eq!(batch_numbers(&world, medication).await[&batch], (40, 15));
+    let cancelled = pharmacist.post(&format!("/api/prescriptions/{other_id}/cancel"), json!({"reason": "changed to another drug"})).await.unwrap().ok();
+    assert_eq!(cancelled["status"], "cancelled");
+    assert_eq!(batch_numbers(&world, medication).await[&batch], (40, 0));
+    assert_eq!(pharmacist.post(&format!("/api/prescriptions/{other_id}/dispense"), Value::Null).await.unwrap().status, 409);
+
+    // FHIR views.
+    let request = pharmacist.get(&format!("/fhir/MedicationRequest/{id}")).await.unwrap().ok();
+    assert_eq!((request["resourceType"].as_str(), request["status"].as_str(), request["intent"].as_str()), (Some("MedicationRequest"), Some("completed"), Some("order")));
+    assert_eq!(request["subject"]["reference"], format!("Patient/{patient}"));
+    assert_eq!(request["dispenseRequest"]["numberOfRepeatsAllowed"], 1);
+    let med = pharmacist.get(&format!("/fhir/Medication/{medication}")).await.unwrap().ok();
+    assert_eq!(med["code"]["coding"][0]["code"], "C09AA02");
+    let dispense: Uuid = sqlx::query_scalar("SELECT id FROM dispenses WHERE prescription_id = $1 ORDER BY dispensed_at LIMIT 1")
+        .bind(id.parse::<Uuid>().unwrap())
+        .fetch_one(&world.db.pool)
+        .await
+        .unwrap();
+    let handed = pharmacist.get(&format!("/fhir/MedicationDispense/{dispense}")).await.unwrap().ok();
+    assert_eq!((handed["resourceType"].as_str(), handed["quantity"]["value"].as_i64()), (Some("MedicationDispense"), Some(30)));
+    assert_eq!(handed["authorizingPrescription"][0]["reference"], format!("MedicationRequest/{id}"));
+    let reads: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE patient_id = $1 AND action IN ('prescription.read_fhir', 'dispense.read_fhir')")
+        .bind(patient)
+        .fetch_one(&world.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(reads, 2);
+    assert_eq!(world.hub.login(&world.tenant, Role::Dispatcher).await.get(&format!("/fhir/MedicationRequest/{id}")).await.unwrap().status, 403);
+}

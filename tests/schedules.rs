@@ -375,3 +375,38 @@ async fn a_reminder_goes_out_once_even_when_the_hub_restarts_before_it_is_due() 
         .unwrap();
     assert_eq!(reminders, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctors_are_found_by_specialty_and_distance_with_their_next_free_slot() {
+    let world = World::start(1).await; // Alpha General, Nairobi (-1.29, 36.82)
+    let coast = world
+        .admin
+        .post("/api/facilities", json!({"name": "Coast Clinic", "kind": "clinic", "location": {"lat": -4.04, "lon": 39.67}, "timezone": "Africa/Nairobi", "wards": []}))
+        .await
+        .unwrap()
+        .expect(201);
+    let coast_id: Uuid = coast["id"].as_str().unwrap().parse().unwrap();
+    let near_user = world.db.user_id(&email(&world.tenant.slug, Role::Doctor)).await;
+    medhub_hub::seed::create_user(&world.db.pool, &world.tenant.slug, "cardio@alpha.test", "Dr. Far Cardiologist", Role::Doctor, common::PASSWORD).await.unwrap();
+    let far_user = world.db.user_id("cardio@alpha.test").await;
+    let register = |user: Uuid, facility: Uuid, specialty: &str| {
+        let body = json!({"user_id": user, "specialties": [specialty, "general practice"], "facility_id": facility, "consult_minutes": 30, "working_hours": around_the_clock()});
+        let admin = world.admin.clone();
+        async move { admin.post("/api/doctors", body).await.unwrap().expect(201)["id"].as_str().unwrap().to_owned() }
+    };
+    let near = register(near_user, world.facility.id, "paediatrics").await;
+    let far = register(far_user, coast_id, "cardiology").await;
+
+    // From Mombasa, the coast doctor is nearest; from Nairobi, the other.
+    let from_coast = world.nurse.get("/api/doctors?near=-4.05,39.66").await.unwrap().ok();
+    let order: Vec<&str> = from_coast["doctors"].as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap()).collect();
+    assert_eq!(order, [far.as_str(), near.as_str()]);
+    assert!(from_coast["doctors"][0]["distance_km"].as_f64().unwrap() < 5.0);
+    assert!(from_coast["doctors"][1]["distance_km"].as_f64().unwrap() > 400.0);
+    assert!(from_coast["doctors"][0]["next_free_slot"]["start"].is_string(), "{from_coast}");
+    let cardiology = world.nurse.get("/api/doctors?specialty=Cardiology").await.unwrap().ok();
+    let found: Vec<&str> = cardiology["doctors"].as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap()).collect();
+    assert_eq!(found, [far.as_str()]);
+    let bad = world.nurse.get("/api/doctors?near=91,0").await.unwrap();
+    assert_eq!((bad.status, bad.body["field"].as_str()), (400, Some("near")));
+}

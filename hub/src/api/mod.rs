@@ -9,6 +9,7 @@ pub mod billing;
 pub mod error;
 pub mod extract;
 pub mod facilities;
+pub mod fhir_pharmacy;
 pub mod patients;
 pub mod pharmacy;
 pub mod schedules;
@@ -23,4 +24,5 @@ pub fn routes(cfg: &mut web::ServiceConfig, fault_injection: bool) {
     patients::routes(cfg);
     schedules::routes(cfg);
     pharmacy::routes(cfg);
+    fhir_pharmacy::routes(cfg);
 }
