@@ -15,12 +15,12 @@ use futures_util::FutureExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sqlx::{PgConnection, PgPool, Row};
-use tracing::{error, info, info_span, warn, Instrument};
+use tracing::{info, info_span, Instrument};
 use uuid::Uuid;
 
 use crate::audit::AuditRecord;
 use crate::domain::{Caller, GeoPoint, TenantSlug};
-use crate::durable::{self, DurableActor, Reply};
+use crate::durable::{self, Core, DurableActor, DurableState, Reply};
 use crate::error::ActorError;
 use crate::metrics::ActorMetrics;
 use crate::store::{self, Committed, EventDraft};
@@ -526,60 +526,25 @@ pub(crate) async fn create(
 // The actor
 
 pub struct FacilityActor {
-    tenant_id: Uuid,
-    tenant: TenantSlug,
-    facility_id: Uuid,
-    pool: PgPool,
-    snapshot_every: i64,
-    metrics: ActorMetrics,
-    /// `None` while (re)loading or when loading failed; commands are then refused as unavailable.
-    state: Option<Facility>,
+    core: Core<Facility>,
+}
+
+impl DurableState for Facility {
+    fn recover(pool: PgPool, tenant_id: Uuid, id: Uuid) -> impl std::future::Future<Output = Result<Option<Facility>, ActorError>> + Send + 'static {
+        async move { recover(&pool, tenant_id, id).await }
+    }
 }
 
 impl FacilityActor {
-    pub(crate) fn new(
-        tenant_id: Uuid,
-        tenant: TenantSlug,
-        state: Facility,
-        pool: PgPool,
-        snapshot_every: i64,
-        metrics: ActorMetrics,
-    ) -> FacilityActor {
-        FacilityActor { tenant_id, tenant, facility_id: state.id, pool, snapshot_every, metrics, state: Some(state) }
-    }
-
-    fn reload(&mut self, ctx: &mut Context<Self>) {
-        let (pool, tenant_id, facility_id) = (self.pool.clone(), self.tenant_id, self.facility_id);
-        let span = info_span!("recover", tenant = %self.tenant, actor = ACTOR, %facility_id);
-        // `wait` holds back every queued message until the state is back.
-        ctx.wait(
-            async move { recover(&pool, tenant_id, facility_id).await }
-                .instrument(span)
-                .into_actor(self)
-                .map(|result, actor, _ctx| match result {
-                    Ok(Some(facility)) => {
-                        info!(tenant = %actor.tenant, actor = ACTOR, facility_id = %actor.facility_id,
-                              version = facility.version, "state recovered from snapshot and events");
-                        actor.state = Some(facility);
-                    }
-                    Ok(None) => error!(facility_id = %actor.facility_id, "facility vanished from the event log"),
-                    Err(e) => error!(facility_id = %actor.facility_id, error = %e, "recovery failed; commands refused until restart"),
-                }),
-        );
-    }
-
-    fn current(&self) -> Result<&Facility, ActorError> {
-        self.state
-            .as_ref()
-            .ok_or_else(|| ActorError::Unavailable("facility state is not loaded; retry shortly".to_owned()))
+    pub(crate) fn new(tenant_id: Uuid, tenant: TenantSlug, state: Facility, pool: PgPool, snapshot_every: i64, metrics: ActorMetrics) -> FacilityActor {
+        FacilityActor { core: Core::new(tenant_id, tenant, state.id, state, pool, snapshot_every, metrics) }
     }
 
     /// Commits `plan`, then installs its state and answers with `reply(new state, committed)`.
     fn execute<T: 'static>(&mut self, plan: Plan, reply: impl FnOnce(&Facility, &Committed) -> T + 'static) -> Reply<Self, T> {
-        let (pool, tenant_id, snapshot_every, metrics) =
-            (self.pool.clone(), self.tenant_id, self.snapshot_every, self.metrics.clone());
-        let span = info_span!("command", tenant = %self.tenant, actor = ACTOR, facility_id = %self.facility_id,
-                              event = plan.draft.event_type);
+        let core = &self.core;
+        let (pool, tenant_id, snapshot_every, metrics) = (core.pool.clone(), core.tenant_id, core.snapshot_every, core.metrics.clone());
+        let span = info_span!("command", tenant = %core.tenant, actor = ACTOR, facility_id = %core.id, event = plan.draft.event_type);
         let commit = async move {
             let committed = commit_plan(&pool, tenant_id, &plan, snapshot_every, &metrics).await?;
             Ok((plan.next_state, committed))
@@ -587,21 +552,22 @@ impl FacilityActor {
         .instrument(span);
         durable::commit_then_install(self, commit, move |actor: &mut Self, next_state, committed| {
             let answer = reply(&next_state, committed);
-            actor.state = Some(next_state);
+            actor.core.state = Some(next_state);
             answer
         })
     }
 }
 
 impl DurableActor for FacilityActor {
+    type State = Facility;
     const KIND: &'static str = ACTOR;
 
-    fn metrics(&self) -> &ActorMetrics {
-        &self.metrics
+    fn core(&self) -> &Core<Facility> {
+        &self.core
     }
 
-    fn log_crash(&self) {
-        error!(tenant = %self.tenant, actor = ACTOR, facility_id = %self.facility_id, "facility handler crashed");
+    fn core_mut(&mut self) -> &mut Core<Facility> {
+        &mut self.core
     }
 }
 
@@ -609,18 +575,13 @@ impl Actor for FacilityActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        if self.state.is_none() {
-            self.reload(ctx);
-        }
+        durable::start(self, ctx);
     }
 }
 
 impl actix::Supervised for FacilityActor {
     fn restarting(&mut self, _ctx: &mut Context<Self>) {
-        warn!(tenant = %self.tenant, actor = ACTOR, facility_id = %self.facility_id, "restarting after a crash");
-        self.metrics.restarts.with_label_values(&[ACTOR]).inc();
-        // Whatever the crashed handler left in memory is not trusted: recover from the database.
-        self.state = None;
+        durable::restarting(self);
     }
 }
 
@@ -688,7 +649,7 @@ impl Handler<ChangeBedStatus> for FacilityActor {
             draft: EventDraft {
                 stream: stream_name(facility.id),
                 expected_version: facility.version,
-                topic: topics::beds_topic(&self.tenant),
+                topic: topics::beds_topic(&self.core.tenant),
                 event_type: BED_STATUS_CHANGED,
                 data,
             },
@@ -739,7 +700,7 @@ impl Handler<AddWard> for FacilityActor {
             draft: EventDraft {
                 stream: stream_name(facility.id),
                 expected_version: facility.version,
-                topic: topics::beds_topic(&self.tenant),
+                topic: topics::beds_topic(&self.core.tenant),
                 event_type: WARD_ADDED,
                 data: serde_json::to_value(&next_state).expect("facilities serialise"),
             },
@@ -763,8 +724,8 @@ impl Handler<InjectPanic> for FacilityActor {
     type Result = AtomicResponse<Self, Result<(), ActorError>>;
 
     fn handle(&mut self, _msg: InjectPanic, _ctx: &mut Context<Self>) -> Self::Result {
-        let (pool, facility_id) = (self.pool.clone(), self.facility_id);
-        if let Some(state) = self.state.as_mut() {
+        let (pool, facility_id) = (self.core.pool.clone(), self.core.id);
+        if let Some(state) = self.core.state.as_mut() {
             // Corrupt the in-memory state too: recovery must not trust it.
             state.wards.clear();
         }

@@ -19,12 +19,12 @@ use chrono::{DateTime, NaiveDate, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sqlx::{PgConnection, PgPool, Row};
-use tracing::{error, info, info_span, warn, Instrument};
+use tracing::{info, info_span, Instrument};
 use uuid::Uuid;
 
 use crate::audit::AuditRecord;
 use crate::domain::{Caller, TenantSlug};
-use crate::durable::{self, DurableActor, Reply};
+use crate::durable::{self, Core, DurableActor, DurableState, Reply};
 use crate::error::ActorError;
 use crate::metrics::ActorMetrics;
 use crate::store::{self, Committed, EventDraft};
@@ -545,47 +545,30 @@ pub async fn receive_many(pool: &PgPool, tenant_id: Uuid, tenant: &TenantSlug, c
 // The actor
 
 pub struct InventoryBatchActor {
-    tenant_id: Uuid,
-    tenant: TenantSlug,
-    batch_id: Uuid,
-    pool: PgPool,
-    snapshot_every: i64,
-    metrics: ActorMetrics,
-    state: Option<Batch>,
+    core: Core<Batch>,
+}
+
+impl DurableState for Batch {
+    fn recover(pool: PgPool, tenant_id: Uuid, id: Uuid) -> impl std::future::Future<Output = Result<Option<Batch>, ActorError>> + Send + 'static {
+        async move { recover(&pool, tenant_id, id).await }
+    }
 }
 
 impl InventoryBatchActor {
     pub(crate) fn new(tenant_id: Uuid, tenant: TenantSlug, state: Batch, pool: PgPool, snapshot_every: i64, metrics: ActorMetrics) -> Self {
-        InventoryBatchActor { tenant_id, tenant, batch_id: state.id, pool, snapshot_every, metrics, state: Some(state) }
-    }
-
-    fn reload(&mut self, ctx: &mut Context<Self>) {
-        self.state = None;
-        let (pool, tenant_id, batch_id) = (self.pool.clone(), self.tenant_id, self.batch_id);
-        let span = info_span!("recover", tenant = %self.tenant, actor = ACTOR, %batch_id);
-        ctx.wait(async move { recover(&pool, tenant_id, batch_id).await }.instrument(span).into_actor(self).map(
-            |result, actor, _ctx| match result {
-                Ok(Some(batch)) => actor.state = Some(batch),
-                Ok(None) => error!(batch_id = %actor.batch_id, "batch vanished from the event log"),
-                Err(e) => error!(batch_id = %actor.batch_id, error = %e, "batch recovery failed; commands refused until restart"),
-            },
-        ));
-    }
-
-    fn current(&self) -> Result<&Batch, ActorError> {
-        self.state.as_ref().ok_or_else(|| ActorError::Unavailable("the batch is loading; retry shortly".to_owned()))
+        InventoryBatchActor { core: Core::new(tenant_id, tenant, state.id, state, pool, snapshot_every, metrics) }
     }
 
     fn plan(&self, change: BatchChange, audit: AuditRecord) -> Result<Plan, ActorError> {
         let batch = self.current()?;
-        let next = apply_change(batch, &change, Utc::now().trunc_subsecs(6)).map_err(|e| ActorError::Conflict(e))?;
+        let next = apply_change(batch, &change, Utc::now().trunc_subsecs(6)).map_err(ActorError::Conflict)?;
         Ok(Plan { change, next, audit, dispense: None, first: false })
     }
 
     fn execute<T: 'static>(&mut self, plan: Plan, reply: impl FnOnce(&Batch) -> T + 'static) -> Reply<Self, T> {
-        let (pool, tenant_id, tenant, every, metrics) =
-            (self.pool.clone(), self.tenant_id, self.tenant.clone(), self.snapshot_every, self.metrics.clone());
-        let span = info_span!("command", tenant = %self.tenant, actor = ACTOR, batch_id = %self.batch_id, event = plan.change.event_type());
+        let core = &self.core;
+        let (pool, tenant_id, tenant, every, metrics) = (core.pool.clone(), core.tenant_id, core.tenant.clone(), core.snapshot_every, core.metrics.clone());
+        let span = info_span!("command", tenant = %core.tenant, actor = ACTOR, batch_id = %core.id, event = plan.change.event_type());
         let commit = async move {
             let committed = commit_plan(&pool, tenant_id, &tenant, &plan, every, &metrics).await?;
             Ok((plan.next, committed))
@@ -593,7 +576,7 @@ impl InventoryBatchActor {
         .instrument(span);
         durable::commit_then_install(self, commit, move |actor: &mut Self, next: Batch, _| {
             let answer = reply(&next);
-            actor.state = Some(next);
+            actor.core.state = Some(next);
             answer
         })
     }
@@ -610,35 +593,33 @@ impl Actor for InventoryBatchActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        if self.state.is_none() {
-            self.reload(ctx);
-        }
+        durable::start(self, ctx);
     }
 }
 
 impl actix::Supervised for InventoryBatchActor {
     fn restarting(&mut self, _ctx: &mut Context<Self>) {
-        warn!(tenant = %self.tenant, actor = ACTOR, batch_id = %self.batch_id, "restarting after a crash");
-        self.metrics.restarts.with_label_values(&[ACTOR]).inc();
-        self.state = None;
+        durable::restarting(self);
     }
 }
 
 impl DurableActor for InventoryBatchActor {
+    type State = Batch;
     const KIND: &'static str = ACTOR;
 
-    fn metrics(&self) -> &ActorMetrics {
-        &self.metrics
+    fn core(&self) -> &Core<Batch> {
+        &self.core
     }
 
-    fn log_crash(&self) {
-        error!(tenant = %self.tenant, actor = ACTOR, batch_id = %self.batch_id, "batch handler crashed");
+    fn core_mut(&mut self) -> &mut Core<Batch> {
+        &mut self.core
     }
 
+    /// A conflict the actor did not foresee means its state is not what was committed: reload.
     fn commit_failed(&mut self, error: &ActorError, ctx: &mut Context<Self>) {
         if matches!(error, ActorError::Conflict(_)) {
-            info!(tenant = %self.tenant, actor = ACTOR, batch_id = %self.batch_id, "batch changed elsewhere; reloading");
-            self.reload(ctx);
+            info!(tenant = %self.core.tenant, actor = ACTOR, batch_id = %self.core.id, "batch changed elsewhere; reloading");
+            durable::reload(self, ctx);
         }
     }
 }
@@ -678,7 +659,7 @@ impl Handler<Reserve> for InventoryBatchActor {
             return durable::answer(0);
         }
         let change = BatchChange::Reserved { prescription_id: msg.prescription_id, quantity };
-        let audit = AuditRecord::by_caller(&msg.caller, "batch.reserve", "batch", self.batch_id)
+        let audit = AuditRecord::by_caller(&msg.caller, "batch.reserve", "batch", self.core.id)
             .patient(Some(msg.patient_id))
             .detail(json!({"prescription_id": msg.prescription_id, "quantity": quantity}));
         let planned = self.plan(change, audit);
@@ -709,7 +690,7 @@ impl Handler<Release> for InventoryBatchActor {
             return durable::answer(0);
         }
         let change = BatchChange::Released { prescription_id: msg.prescription_id, quantity };
-        let audit = AuditRecord::by_caller(&msg.caller, "batch.release", "batch", self.batch_id)
+        let audit = AuditRecord::by_caller(&msg.caller, "batch.release", "batch", self.core.id)
             .patient(Some(msg.patient_id))
             .detail(json!({"prescription_id": msg.prescription_id, "quantity": quantity}));
         let planned = self.plan(change, audit);
@@ -744,7 +725,7 @@ impl Handler<Dispense> for InventoryBatchActor {
         }
         let dispense_id = Uuid::new_v4();
         let change = BatchChange::Dispensed { prescription_id: msg.prescription_id, quantity, dispense_id };
-        let audit = AuditRecord::by_caller(&msg.caller, "batch.dispense", "batch", self.batch_id)
+        let audit = AuditRecord::by_caller(&msg.caller, "batch.dispense", "batch", self.core.id)
             .patient(Some(msg.patient_id))
             .detail(json!({"prescription_id": msg.prescription_id, "quantity": quantity, "dispense_id": dispense_id}));
         let planned = self.plan(change, audit).map(|mut plan| {
@@ -788,7 +769,7 @@ impl Handler<Adjust> for InventoryBatchActor {
             if note.as_ref().is_some_and(|n| n.chars().count() > 300) {
                 return Err(invalid("note", "note is at most 300 characters"));
             }
-            let audit = AuditRecord::by_caller(&msg.caller, "batch.adjust", "batch", self.batch_id)
+            let audit = AuditRecord::by_caller(&msg.caller, "batch.adjust", "batch", self.core.id)
                 .detail(json!({"delta": msg.delta, "reason": msg.reason, "note": note}));
             self.plan(BatchChange::Adjusted { delta: msg.delta, reason: msg.reason, note }, audit)
         })();
@@ -819,7 +800,7 @@ impl Handler<Recall> for InventoryBatchActor {
                 return Err(invalid("reason", "give a reason of 1 to 300 characters"));
             }
             let released = batch.reservations.clone();
-            let audit = AuditRecord::by_caller(&msg.caller, "batch.recall", "batch", self.batch_id)
+            let audit = AuditRecord::by_caller(&msg.caller, "batch.recall", "batch", self.core.id)
                 .detail(json!({"reason": reason, "affected_prescriptions": released}));
             Ok((released.clone(), self.plan(BatchChange::Recalled { reason: reason.to_owned(), released }, audit)?))
         })();
@@ -855,7 +836,7 @@ impl Handler<Remove> for InventoryBatchActor {
             if reason.is_empty() || reason.chars().count() > 300 {
                 return Err(invalid("reason", "give a reason of 1 to 300 characters"));
             }
-            let audit = AuditRecord::by_caller(&msg.caller, "batch.remove", "batch", self.batch_id)
+            let audit = AuditRecord::by_caller(&msg.caller, "batch.remove", "batch", self.core.id)
                 .detail(json!({"reason": reason, "quantity": batch.on_hand}));
             self.plan(BatchChange::Removed { reason: reason.to_owned(), quantity: batch.on_hand }, audit)
         })();

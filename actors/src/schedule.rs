@@ -24,12 +24,12 @@ use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sqlx::{PgConnection, PgPool, Row};
-use tracing::{error, info, info_span, warn, Instrument};
+use tracing::{info, info_span, warn, Instrument};
 use uuid::Uuid;
 
 use crate::audit::AuditRecord;
 use crate::domain::{Caller, TenantSlug};
-use crate::durable::{self, DurableActor, Reply};
+use crate::durable::{self, Core, DurableActor, DurableState, Reply};
 use crate::error::ActorError;
 use crate::metrics::ActorMetrics;
 use crate::store::{self, Committed, EventDraft};
@@ -795,46 +795,25 @@ pub(crate) async fn register(
 // The actor
 
 pub struct DoctorScheduleActor {
-    tenant_id: Uuid,
-    tenant: TenantSlug,
-    doctor_id: Uuid,
-    pool: PgPool,
-    snapshot_every: i64,
-    metrics: ActorMetrics,
-    /// `None` while (re)loading; commands are then refused as unavailable.
-    state: Option<Schedule>,
+    core: Core<Schedule>,
+}
+
+impl DurableState for Schedule {
+    fn recover(pool: PgPool, tenant_id: Uuid, id: Uuid) -> impl std::future::Future<Output = Result<Option<Schedule>, ActorError>> + Send + 'static {
+        async move { recover(&pool, tenant_id, id).await }
+    }
 }
 
 impl DoctorScheduleActor {
     pub(crate) fn new(tenant_id: Uuid, tenant: TenantSlug, state: Schedule, pool: PgPool, snapshot_every: i64, metrics: ActorMetrics) -> Self {
-        DoctorScheduleActor { tenant_id, tenant, doctor_id: state.profile.id, pool, snapshot_every, metrics, state: Some(state) }
-    }
-
-    fn reload(&mut self, ctx: &mut Context<Self>) {
-        self.state = None;
-        let (pool, tenant_id, doctor_id) = (self.pool.clone(), self.tenant_id, self.doctor_id);
-        let span = info_span!("recover", tenant = %self.tenant, actor = ACTOR, %doctor_id);
-        ctx.wait(async move { recover(&pool, tenant_id, doctor_id).await }.instrument(span).into_actor(self).map(
-            |result, actor, _ctx| match result {
-                Ok(Some(schedule)) => {
-                    info!(tenant = %actor.tenant, actor = ACTOR, doctor_id = %actor.doctor_id, version = schedule.version, "schedule recovered");
-                    actor.state = Some(schedule);
-                }
-                Ok(None) => error!(doctor_id = %actor.doctor_id, "schedule vanished from the event log"),
-                Err(e) => error!(doctor_id = %actor.doctor_id, error = %e, "schedule recovery failed; commands refused until restart"),
-            },
-        ));
-    }
-
-    fn current(&self) -> Result<&Schedule, ActorError> {
-        self.state.as_ref().ok_or_else(|| ActorError::Unavailable("the schedule is loading; retry shortly".to_owned()))
+        DoctorScheduleActor { core: Core::new(tenant_id, tenant, state.profile.id, state, pool, snapshot_every, metrics) }
     }
 
     fn draft(&self, schedule: &Schedule, event_type: &'static str, data: Value) -> EventDraft {
         EventDraft {
-            stream: stream_name(self.doctor_id),
+            stream: stream_name(self.core.id),
             expected_version: schedule.version,
-            topic: topics::schedule_topic(&self.tenant, self.doctor_id),
+            topic: topics::schedule_topic(&self.core.tenant, self.core.id),
             event_type,
             data,
         }
@@ -842,9 +821,9 @@ impl DoctorScheduleActor {
 
     /// Commits `plan` and installs its state; answers with `reply(new state)`.
     fn execute<T: 'static>(&mut self, plan: Plan, reply: impl FnOnce(&Schedule, &Committed) -> T + 'static) -> Reply<Self, T> {
-        let (pool, tenant_id, tenant, every, metrics) =
-            (self.pool.clone(), self.tenant_id, self.tenant.clone(), self.snapshot_every, self.metrics.clone());
-        let span = info_span!("command", tenant = %self.tenant, actor = ACTOR, doctor_id = %self.doctor_id, event = plan.draft.event_type);
+        let core = &self.core;
+        let (pool, tenant_id, tenant, every, metrics) = (core.pool.clone(), core.tenant_id, core.tenant.clone(), core.snapshot_every, core.metrics.clone());
+        let span = info_span!("command", tenant = %core.tenant, actor = ACTOR, doctor_id = %self.core.id, event = plan.draft.event_type);
         let commit = async move {
             let committed = commit_plan(&pool, tenant_id, &tenant, &plan, every, &metrics).await?;
             Ok((plan.next, committed))
@@ -852,7 +831,7 @@ impl DoctorScheduleActor {
         .instrument(span);
         durable::commit_then_install(self, commit, move |actor: &mut Self, next, committed| {
             let answer = reply(&next, committed);
-            actor.state = Some(next);
+            actor.core.state = Some(next);
             answer
         })
     }
@@ -890,37 +869,34 @@ impl Actor for DoctorScheduleActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        if self.state.is_none() {
-            self.reload(ctx);
-        }
+        durable::start(self, ctx);
     }
 }
 
 impl actix::Supervised for DoctorScheduleActor {
     fn restarting(&mut self, _ctx: &mut Context<Self>) {
-        warn!(tenant = %self.tenant, actor = ACTOR, doctor_id = %self.doctor_id, "restarting after a crash");
-        self.metrics.restarts.with_label_values(&[ACTOR]).inc();
-        self.state = None;
+        durable::restarting(self);
     }
 }
 
 impl DurableActor for DoctorScheduleActor {
+    type State = Schedule;
     const KIND: &'static str = ACTOR;
 
-    fn metrics(&self) -> &ActorMetrics {
-        &self.metrics
+    fn core(&self) -> &Core<Schedule> {
+        &self.core
     }
 
-    fn log_crash(&self) {
-        error!(tenant = %self.tenant, actor = ACTOR, doctor_id = %self.doctor_id, "schedule handler crashed");
+    fn core_mut(&mut self) -> &mut Core<Schedule> {
+        &mut self.core
     }
 
     /// A conflict the actor did not foresee means the database knows more than it does (another
     /// hub process changed this doctor's schedule): reload before the next command.
     fn commit_failed(&mut self, error: &ActorError, ctx: &mut Context<Self>) {
         if matches!(error, ActorError::Conflict(_) | ActorError::Taken { .. }) {
-            warn!(tenant = %self.tenant, actor = ACTOR, doctor_id = %self.doctor_id, "schedule changed elsewhere; reloading");
-            self.reload(ctx);
+            warn!(tenant = %self.core.tenant, actor = ACTOR, doctor_id = %self.core.id, "schedule changed elsewhere; reloading");
+            durable::reload(self, ctx);
         }
     }
 }
@@ -1011,7 +987,7 @@ impl Handler<Book> for DoctorScheduleActor {
         let at = now.trunc_subsecs(6);
         let mut appointment = Appointment {
             id: Uuid::new_v4(),
-            doctor_id: self.doctor_id,
+            doctor_id: self.core.id,
             patient_id: msg.patient_id,
             patient_user_id: None,
             start,
@@ -1024,10 +1000,10 @@ impl Handler<Book> for DoctorScheduleActor {
             created_at: at,
             updated_at: at,
         };
-        let (pool, tenant_id, tenant, every, metrics) =
-            (self.pool.clone(), self.tenant_id, self.tenant.clone(), self.snapshot_every, self.metrics.clone());
+        let core = &self.core;
+        let (pool, tenant_id, tenant, every, metrics) = (core.pool.clone(), core.tenant_id, core.tenant.clone(), core.snapshot_every, core.metrics.clone());
         let (draft_base, caller, appointment_id) = (self.draft(&schedule, APPOINTMENT_BOOKED, Value::Null), msg.caller, appointment.id);
-        let span = info_span!("command", tenant = %self.tenant, actor = ACTOR, doctor_id = %self.doctor_id, event = APPOINTMENT_BOOKED);
+        let span = info_span!("command", tenant = %core.tenant, actor = ACTOR, doctor_id = %self.core.id, event = APPOINTMENT_BOOKED);
         // The patient is looked up inside the command: it must exist in this tenant, and its
         // linked user (if any) is told live.
         let commit = async move {
@@ -1054,7 +1030,7 @@ impl Handler<Book> for DoctorScheduleActor {
         .instrument(span);
         durable::commit_then_install(self, commit, move |actor: &mut Self, next: Schedule, committed| {
             let booked = next.appointments.get(&appointment_id).cloned().expect("the booked appointment is active");
-            actor.state = Some(next);
+            actor.core.state = Some(next);
             AppointmentChanged { appointment: booked, seq: committed.topic_seq }
         })
     }
@@ -1223,7 +1199,7 @@ impl Handler<SetHours> for DoctorScheduleActor {
             let next = apply(Some(schedule.clone()), schedule.version + 1, DOCTOR_HOURS_CHANGED, &data).map_err(ActorError::Unavailable)?;
             Ok(Plan {
                 draft: self.draft(schedule, DOCTOR_HOURS_CHANGED, data.clone()),
-                audit: AuditRecord::by_caller(&msg.caller, "doctor.hours_change", "doctor", self.doctor_id).detail(data),
+                audit: AuditRecord::by_caller(&msg.caller, "doctor.hours_change", "doctor", self.core.id).detail(data),
                 next,
                 projection: Projection::Profile,
             })
@@ -1272,7 +1248,7 @@ impl Handler<AddTimeOff> for DoctorScheduleActor {
             let next = apply(Some(schedule.clone()), schedule.version + 1, DOCTOR_TIME_OFF_ADDED, &data).map_err(ActorError::Unavailable)?;
             Ok((off.clone(), Plan {
                 draft: self.draft(schedule, DOCTOR_TIME_OFF_ADDED, data.clone()),
-                audit: AuditRecord::by_caller(&msg.caller, "doctor.time_off_add", "doctor", self.doctor_id).detail(data),
+                audit: AuditRecord::by_caller(&msg.caller, "doctor.time_off_add", "doctor", self.core.id).detail(data),
                 next,
                 projection: Projection::Profile,
             }))
@@ -1304,7 +1280,7 @@ impl Handler<RemoveTimeOff> for DoctorScheduleActor {
             let next = apply(Some(schedule.clone()), schedule.version + 1, DOCTOR_TIME_OFF_REMOVED, &data).map_err(ActorError::Unavailable)?;
             Ok(Plan {
                 draft: self.draft(schedule, DOCTOR_TIME_OFF_REMOVED, data.clone()),
-                audit: AuditRecord::by_caller(&msg.caller, "doctor.time_off_remove", "doctor", self.doctor_id).detail(data),
+                audit: AuditRecord::by_caller(&msg.caller, "doctor.time_off_remove", "doctor", self.core.id).detail(data),
                 next,
                 projection: Projection::Profile,
             })
