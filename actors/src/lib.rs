@@ -18,6 +18,7 @@ pub mod facility;
 pub mod formulary;
 pub mod inventory;
 pub mod metrics;
+pub mod news2;
 pub mod patients;
 pub mod pharmacy;
 pub mod reminders;
