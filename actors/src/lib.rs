@@ -11,6 +11,7 @@
 
 pub mod audit;
 pub mod billing;
+pub mod devices;
 pub mod domain;
 mod durable;
 pub mod error;
