@@ -9,6 +9,7 @@
 //! Entry points: [`runtime::ActorRuntime`] (tenant supervisors and their children),
 //! [`audit`] (the hash-chained trail), [`topics`] (who may watch what), [`facility`] (beds).
 
+pub mod ambulance;
 pub mod audit;
 pub mod billing;
 pub mod devices;
@@ -18,6 +19,7 @@ pub mod error;
 pub mod facility;
 pub mod formulary;
 pub mod inventory;
+pub mod live;
 pub mod metrics;
 pub mod news2;
 pub mod patients;

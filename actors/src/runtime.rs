@@ -14,9 +14,11 @@ use crate::error::ActorError;
 use crate::facility::FacilityActor;
 use crate::metrics::ActorMetrics;
 use crate::schedule::DoctorScheduleActor;
+use crate::ambulance::{AmbulanceActor, TrackWriter};
 use crate::inventory::InventoryBatchActor;
+use crate::live::LiveFeed;
 use crate::pharmacy::PrescriptionLocks;
-use crate::tenant::{BatchAddr, FacilityAddr, ScheduleAddr, TenantSupervisor};
+use crate::tenant::{AmbulanceAddr, BatchAddr, FacilityAddr, ScheduleAddr, TenantSupervisor};
 
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
@@ -26,10 +28,18 @@ pub struct RuntimeConfig {
     pub threads: usize,
 }
 
+/// What actors share besides the database: the live-only feed and the track writer.
+#[derive(Clone)]
+pub struct Services {
+    pub live: Arc<dyn LiveFeed>,
+    pub track: TrackWriter,
+}
+
 pub struct ActorRuntime {
     pool: PgPool,
     config: RuntimeConfig,
     metrics: ActorMetrics,
+    services: Services,
     arbiters: Mutex<Vec<Arbiter>>,
     tenants: Mutex<HashMap<Uuid, Addr<TenantSupervisor>>>,
     prescription_locks: PrescriptionLocks,
@@ -37,12 +47,13 @@ pub struct ActorRuntime {
 
 impl ActorRuntime {
     /// Starts the arbiters. Must be called inside a running actix `System`.
-    pub fn start(pool: PgPool, config: RuntimeConfig, metrics: ActorMetrics) -> Arc<ActorRuntime> {
+    pub fn start(pool: PgPool, config: RuntimeConfig, metrics: ActorMetrics, services: Services) -> Arc<ActorRuntime> {
         let arbiters = (0..config.threads.max(1)).map(|_| Arbiter::new()).collect();
         Arc::new(ActorRuntime {
             pool,
             config,
             metrics,
+            services,
             arbiters: Mutex::new(arbiters),
             tenants: Mutex::new(HashMap::new()),
             prescription_locks: PrescriptionLocks::default(),
@@ -60,10 +71,10 @@ impl ActorRuntime {
             return Err(ActorError::Unavailable("the hub is shutting down".to_owned()));
         }
         let arbiter = arbiters[tenants.len() % arbiters.len()].handle();
-        let (pool, every, metrics, slug) =
-            (self.pool.clone(), self.config.snapshot_every, self.metrics.clone(), tenant.clone());
+        let (pool, every, metrics, slug, services) =
+            (self.pool.clone(), self.config.snapshot_every, self.metrics.clone(), tenant.clone(), self.services.clone());
         let addr = Supervisor::start_in_arbiter(&arbiter, move |_| {
-            TenantSupervisor::new(tenant_id, slug, pool, every, metrics)
+            TenantSupervisor::new(tenant_id, slug, pool, every, metrics, services)
         });
         tenants.insert(tenant_id, addr.clone());
         Ok(addr)
@@ -82,6 +93,11 @@ impl ActorRuntime {
     /// The actor of a medication batch of this tenant; `NotFound` for another tenant's batch.
     pub async fn batch(&self, tenant_id: Uuid, tenant: &TenantSlug, batch_id: Uuid) -> Result<Addr<InventoryBatchActor>, ActorError> {
         self.tenant(tenant_id, tenant)?.send(BatchAddr(batch_id)).await?
+    }
+
+    /// The actor of an ambulance unit of this tenant; `NotFound` for another tenant's unit.
+    pub async fn ambulance(&self, tenant_id: Uuid, tenant: &TenantSlug, unit_id: Uuid) -> Result<Addr<AmbulanceActor>, ActorError> {
+        self.tenant(tenant_id, tenant)?.send(AmbulanceAddr(unit_id)).await?
     }
 
     /// Serialises the work on each prescription (see `pharmacy`).

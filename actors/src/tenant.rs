@@ -3,7 +3,7 @@
 //! restarted in place (same address, same mailbox) and recovers its committed state.
 //!
 //! Children: a `FacilityActor` per facility, a `DoctorScheduleActor` per doctor and an
-//! `InventoryBatchActor` per medication batch. Looking one up
+//! `InventoryBatchActor` per medication batch and an `AmbulanceActor` per unit. Looking one up
 //! is atomic, so two first requests for one key can never start two writers.
 
 use std::collections::HashMap;
@@ -18,7 +18,10 @@ use crate::domain::{Caller, TenantSlug};
 use crate::error::ActorError;
 use crate::facility::{self, Facility, FacilityActor, NewFacility};
 use crate::metrics::ActorMetrics;
+use crate::ambulance::{self, AmbulanceActor, Unit};
+use crate::durable::Core;
 use crate::inventory::{self, Batch, InventoryBatchActor, NewBatch};
+use crate::runtime::Services;
 use crate::schedule::{self, DoctorScheduleActor, NewDoctor, Schedule};
 
 pub struct TenantSupervisor {
@@ -30,6 +33,8 @@ pub struct TenantSupervisor {
     facilities: HashMap<Uuid, Addr<FacilityActor>>,
     schedules: HashMap<Uuid, Addr<DoctorScheduleActor>>,
     batches: HashMap<Uuid, Addr<InventoryBatchActor>>,
+    ambulances: HashMap<Uuid, Addr<AmbulanceActor>>,
+    services: Services,
 }
 
 /// A kind of child: how to recover its state and start it, and where its address is kept.
@@ -93,9 +98,38 @@ impl Child for InventoryBatchActor {
     }
 }
 
+impl Child for AmbulanceActor {
+    type State = Unit;
+    const NAME: &'static str = "ambulance";
+    fn recover(pool: PgPool, tenant_id: Uuid, id: Uuid) -> impl Future<Output = Result<Option<Unit>, ActorError>> + 'static {
+        async move { ambulance::recover(&pool, tenant_id, id).await }
+    }
+    fn build(s: &TenantSupervisor, state: Unit) -> Self {
+        let core = Core::new(s.tenant_id, s.tenant.clone(), state.id, state, s.pool.clone(), s.snapshot_every, s.metrics.clone());
+        AmbulanceActor::new(core, s.services.live.clone(), s.services.track.clone())
+    }
+    fn id(state: &Unit) -> Uuid {
+        state.id
+    }
+    fn registry(s: &mut TenantSupervisor) -> &mut HashMap<Uuid, Addr<Self>> {
+        &mut s.ambulances
+    }
+}
+
 impl TenantSupervisor {
-    pub(crate) fn new(tenant_id: Uuid, tenant: TenantSlug, pool: PgPool, snapshot_every: i64, metrics: ActorMetrics) -> Self {
-        TenantSupervisor { tenant_id, tenant, pool, snapshot_every, metrics, facilities: HashMap::new(), schedules: HashMap::new(), batches: HashMap::new() }
+    pub(crate) fn new(tenant_id: Uuid, tenant: TenantSlug, pool: PgPool, snapshot_every: i64, metrics: ActorMetrics, services: Services) -> Self {
+        TenantSupervisor {
+            tenant_id,
+            tenant,
+            pool,
+            snapshot_every,
+            metrics,
+            facilities: HashMap::new(),
+            schedules: HashMap::new(),
+            batches: HashMap::new(),
+            ambulances: HashMap::new(),
+            services,
+        }
     }
 
     fn start_child<C: Child>(&mut self, state: C::State) -> Addr<C> {
@@ -255,6 +289,46 @@ impl Handler<ReceiveBatch> for TenantSupervisor {
                     let batch = received?;
                     supervisor.start_child::<InventoryBatchActor>(batch.clone());
                     Ok(batch)
+                }),
+        )
+    }
+}
+
+/// The address of an ambulance unit's actor, starting (and recovering) it on first use.
+#[derive(Message)]
+#[rtype(result = "Result<Addr<AmbulanceActor>, ActorError>")]
+pub struct AmbulanceAddr(pub Uuid);
+
+impl Handler<AmbulanceAddr> for TenantSupervisor {
+    type Result = AtomicResponse<Self, Result<Addr<AmbulanceActor>, ActorError>>;
+
+    fn handle(&mut self, AmbulanceAddr(id): AmbulanceAddr, _ctx: &mut Context<Self>) -> Self::Result {
+        self.child::<AmbulanceActor>(id)
+    }
+}
+
+/// Registers an ambulance unit and starts its actor.
+#[derive(Message)]
+#[rtype(result = "Result<Unit, ActorError>")]
+pub struct RegisterAmbulance {
+    pub caller: Caller,
+    pub call_sign: String,
+}
+
+impl Handler<RegisterAmbulance> for TenantSupervisor {
+    type Result = ResponseActFuture<Self, Result<Unit, ActorError>>;
+
+    fn handle(&mut self, msg: RegisterAmbulance, _ctx: &mut Context<Self>) -> Self::Result {
+        let (pool, tenant_id, tenant, metrics) = (self.pool.clone(), self.tenant_id, self.tenant.clone(), self.metrics.clone());
+        let span = info_span!("command", tenant = %self.tenant, actor = "tenant", command = "register_ambulance");
+        Box::pin(
+            async move { ambulance::register(&pool, tenant_id, &tenant, &msg.caller, &msg.call_sign, &metrics).await }
+                .instrument(span)
+                .into_actor(self)
+                .map(|registered, supervisor, _ctx| {
+                    let unit = registered?;
+                    supervisor.start_child::<AmbulanceActor>(unit.clone());
+                    Ok(unit)
                 }),
         )
     }

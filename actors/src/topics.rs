@@ -17,6 +17,11 @@ pub fn schedule_topic(tenant: &TenantSlug, doctor_id: Uuid) -> String {
     format!("tenant/{tenant}/schedule/{doctor_id}")
 }
 
+/// The dispatchers' live map: units, their positions and status, incidents, hospitals.
+pub fn map_topic(tenant: &TenantSlug) -> String {
+    format!("tenant/{tenant}/map")
+}
+
 /// A pharmacy's live stock board: batches and stock alerts.
 pub fn stock_topic(tenant: &TenantSlug, pharmacy_id: Uuid) -> String {
     format!("tenant/{tenant}/stock/{pharmacy_id}")
@@ -39,6 +44,8 @@ pub enum Topic {
     User { tenant: TenantSlug, user_id: Uuid },
     /// `tenant/{t}/stock/{pharmacy}`: a pharmacy's batches and stock alerts.
     Stock { tenant: TenantSlug, pharmacy_id: Uuid },
+    /// `tenant/{t}/map`: ambulance units (live positions), their status and missions.
+    Map { tenant: TenantSlug },
 }
 
 /// Why a subscription was refused, as told to the client.
@@ -52,6 +59,7 @@ pub struct Refusal {
 const BED_WATCHERS: &[Role] = &[Role::Admin, Role::Dispatcher, Role::Doctor, Role::Nurse];
 const SCHEDULE_WATCHERS: &[Role] = &[Role::Admin, Role::Doctor, Role::Nurse];
 const STOCK_WATCHERS: &[Role] = &[Role::Admin, Role::Pharmacist, Role::Doctor];
+const MAP_WATCHERS: &[Role] = &[Role::Admin, Role::Dispatcher, Role::Doctor, Role::Nurse];
 
 impl Topic {
     pub fn parse(name: &str) -> Result<Topic, Refusal> {
@@ -61,6 +69,7 @@ impl Topic {
         let id = |text: &str| Uuid::parse_str(text).map_err(|_| unknown());
         match parts.as_slice() {
             ["tenant", slug, "beds"] => Ok(Topic::Beds { tenant: tenant(slug)? }),
+            ["tenant", slug, "map"] => Ok(Topic::Map { tenant: tenant(slug)? }),
             ["tenant", slug, "schedule", doctor] => Ok(Topic::Schedule { tenant: tenant(slug)?, doctor_id: id(doctor)? }),
             ["tenant", slug, "user", user] => Ok(Topic::User { tenant: tenant(slug)?, user_id: id(user)? }),
             ["tenant", slug, "stock", pharmacy] => Ok(Topic::Stock { tenant: tenant(slug)?, pharmacy_id: id(pharmacy)? }),
@@ -74,12 +83,13 @@ impl Topic {
             Topic::Schedule { tenant, doctor_id } => schedule_topic(tenant, *doctor_id),
             Topic::User { tenant, user_id } => user_topic(tenant, *user_id),
             Topic::Stock { tenant, pharmacy_id } => stock_topic(tenant, *pharmacy_id),
+            Topic::Map { tenant } => map_topic(tenant),
         }
     }
 
     fn tenant(&self) -> &TenantSlug {
         match self {
-            Topic::Beds { tenant } | Topic::Schedule { tenant, .. } | Topic::User { tenant, .. } | Topic::Stock { tenant, .. } => tenant,
+            Topic::Beds { tenant } | Topic::Schedule { tenant, .. } | Topic::User { tenant, .. } | Topic::Stock { tenant, .. } | Topic::Map { tenant } => tenant,
         }
     }
 
@@ -94,6 +104,7 @@ impl Topic {
             Topic::Schedule { .. } => principal.has_role(SCHEDULE_WATCHERS),
             Topic::User { user_id, .. } => *user_id == principal.user_id,
             Topic::Stock { .. } => principal.has_role(STOCK_WATCHERS),
+            Topic::Map { .. } => principal.has_role(MAP_WATCHERS),
         };
         if allowed {
             Ok(())
@@ -118,6 +129,10 @@ impl Topic {
                 let (seq, appointments) =
                     schedule::topic_snapshot(pool, principal.tenant_id, &self.name(), AppointmentsOf::PatientUser(*user_id)).await?;
                 Ok((seq, json!({"seq": seq, "appointments": appointments})))
+            }
+            Topic::Map { .. } => {
+                let (seq, map) = crate::ambulance::map_snapshot(pool, principal.tenant_id, &self.name()).await?;
+                Ok((seq, map))
             }
             Topic::Stock { pharmacy_id, .. } => {
                 let board = crate::pharmacy::stock_board(pool, principal.tenant_id, *pharmacy_id, &self.name()).await?;

@@ -20,7 +20,8 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use medhub_actors::metrics::ActorMetrics;
-use medhub_actors::runtime::{ActorRuntime, RuntimeConfig};
+use medhub_actors::ambulance::TrackWriter;
+use medhub_actors::runtime::{ActorRuntime, RuntimeConfig, Services};
 use medhub_actors::{reminders, MIGRATOR};
 use medhub_realtime::metrics::RealtimeMetrics;
 use medhub_realtime::{ws_endpoint, Broker, Realtime, RealtimeConfig};
@@ -124,17 +125,19 @@ pub async fn serve(settings: Settings, demo: bool) -> anyhow::Result<()> {
 
     let signing_key = auth::signing_key(&pool, settings.jwt_secret.as_deref()).await?;
     let auth = Arc::new(AuthService::new(pool.clone(), &signing_key, settings.access_token_ttl, settings.refresh_token_ttl));
+    let broker = Arc::new(Broker::new(realtime_metrics.clone()));
+    let track = TrackWriter::start(pool.clone(), 50_000, &registry)?;
     let actor_pool = database.actor_pool(settings.db_actor_connections).await?;
     let runtime = ActorRuntime::start(
         actor_pool.clone(),
         RuntimeConfig { snapshot_every: settings.snapshot_every, threads: settings.actor_threads },
         actor_metrics,
+        Services { live: broker.clone(), track },
     );
 
     let demo_users = if demo { Some(seed::seed_demo(&pool, &runtime).await?) } else { None };
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let broker = Arc::new(Broker::new(realtime_metrics.clone()));
     let broker_task = actix_web::rt::spawn(broker.clone().run(pool.clone(), shutdown_rx.clone()));
     let expiry_task = actix_web::rt::spawn(expiry_sweep(pool.clone(), settings.expiry_alert_days.clone(), settings.expiry_sweep, shutdown_rx.clone()));
     let reminder_task = actix_web::rt::spawn(reminders::run(

@@ -160,6 +160,12 @@ impl Broker {
         }
     }
 
+    /// Hands a live-only update (no seq, not in the event log) to the topic's subscribers.
+    pub fn publish_live(&self, topic: &str, event_type: &str, data: &serde_json::Value) {
+        let envelope = Envelope { kind: event_type.to_owned(), topic: topic.to_owned(), seq: 0, ts: store::format_ts(chrono::Utc::now()), data: data.clone() };
+        self.fan_out(&Delivery::from_envelope(&envelope));
+    }
+
     /// Listens for committed events until `shutdown` turns true. Reconnects on its own.
     pub async fn run(self: Arc<Self>, pool: PgPool, mut shutdown: watch::Receiver<bool>) {
         let mut last_seq: HashMap<Arc<str>, i64> = HashMap::new();
@@ -258,4 +264,10 @@ async fn connect_listener(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
     let mut listener = PgListener::connect_with(pool).await?;
     listener.listen(EVENTS_CHANNEL).await?;
     Ok(listener)
+}
+
+impl medhub_actors::live::LiveFeed for Broker {
+    fn publish(&self, topic: &str, event_type: &str, data: &serde_json::Value) {
+        self.publish_live(topic, event_type, data);
+    }
 }

@@ -370,6 +370,11 @@ impl Connection {
 
     async fn deliver(&mut self, delivery: Delivery) -> Next {
         let Some(&last) = self.subscriptions.get(&delivery.topic) else { return Next::Continue };
+        if delivery.seq == 0 {
+            // Live-only (telemetry): no order to keep, nothing to fill.
+            self.realtime.metrics.events_sent.inc();
+            return outcome(self.session.text(&*delivery.json).await);
+        }
         if delivery.seq <= last {
             return Next::Continue;
         }

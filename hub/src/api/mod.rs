@@ -3,6 +3,7 @@
 //! caller's tenant (another tenant's records are simply not found), and maps failures once,
 //! through [`error::ApiError`].
 
+pub mod ambulances;
 pub mod audit;
 pub mod auth;
 pub mod billing;
@@ -25,4 +26,5 @@ pub fn routes(cfg: &mut web::ServiceConfig, fault_injection: bool) {
     schedules::routes(cfg);
     pharmacy::routes(cfg);
     fhir_pharmacy::routes(cfg);
+    ambulances::routes(cfg);
 }

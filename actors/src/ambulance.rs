@@ -1,0 +1,637 @@
+//! The `Ambulance` actor: one per unit, the single writer of its status, current incident and
+//! destination, and the holder of its latest position and vitals.
+//!
+//! Status changes are durable: each is an event on the tenant's map topic (`tenant/{t}/map`),
+//! committed with its audit entry before the actor answers, following the unit's status machine
+//! (available → dispatched → en route → on scene → transporting → at hospital → available, and out
+//! of service from and back to available). Positions are telemetry: the latest lives in the actor
+//! and goes to map subscribers at once as live-only updates, and every fix is written to the unit's
+//! track by the [`TrackWriter`] in batches (one multi-row insert per batch), through a bounded
+//! buffer that sheds (and counts) fixes rather than slow the units down.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use chrono::{DateTime, SubsecRound, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sqlx::{PgPool, Row};
+use tokio::sync::mpsc;
+use tracing::{info, info_span, warn, Instrument};
+use uuid::Uuid;
+
+use crate::audit::AuditRecord;
+use crate::devices::GpsFix;
+use crate::domain::{Caller, GeoPoint, TenantSlug};
+use crate::durable::{self, Core, DurableActor, DurableState, Reply};
+use crate::error::ActorError;
+use crate::live::LiveFeed;
+use crate::metrics::ActorMetrics;
+use crate::news2::{self, News2, SpO2Scale, Vitals};
+use crate::store::{self, EventDraft};
+use crate::topics;
+
+pub const ACTOR: &str = "ambulance";
+
+fn invalid(field: &'static str, detail: impl Into<String>) -> ActorError {
+    ActorError::Invalid { field, detail: detail.into() }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnitStatus {
+    Available,
+    Dispatched,
+    EnRoute,
+    OnScene,
+    Transporting,
+    AtHospital,
+    OutOfService,
+}
+
+impl UnitStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnitStatus::Available => "available",
+            UnitStatus::Dispatched => "dispatched",
+            UnitStatus::EnRoute => "en_route",
+            UnitStatus::OnScene => "on_scene",
+            UnitStatus::Transporting => "transporting",
+            UnitStatus::AtHospital => "at_hospital",
+            UnitStatus::OutOfService => "out_of_service",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<UnitStatus> {
+        use UnitStatus::*;
+        [Available, Dispatched, EnRoute, OnScene, Transporting, AtHospital, OutOfService].into_iter().find(|s| s.as_str() == value)
+    }
+
+    /// The unit's status machine: which status may follow which.
+    pub fn may_become(self, next: UnitStatus) -> bool {
+        use UnitStatus::*;
+        matches!(
+            (self, next),
+            (Available, Dispatched)
+                | (Available, OutOfService)
+                | (OutOfService, Available)
+                | (Dispatched, EnRoute)
+                | (Dispatched, Available) // dispatch withdrawn or not acknowledged
+                | (EnRoute, OnScene)
+                | (EnRoute, Available) // incident cancelled
+                | (OnScene, Transporting)
+                | (OnScene, Available) // treated on scene, no transport
+                | (Transporting, AtHospital)
+                | (AtHospital, Available)
+        )
+    }
+}
+
+/// A unit as its actor holds it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Unit {
+    pub id: Uuid,
+    pub call_sign: String,
+    pub status: UnitStatus,
+    pub incident_id: Option<Uuid>,
+    pub destination_id: Option<Uuid>,
+    pub position: Option<GpsFix>,
+    /// The latest vital signs from the unit's monitor and their score (telemetry: not persisted
+    /// with the state; re-scored from the next reading after a restart).
+    #[serde(skip)]
+    pub vitals: Option<(Vitals, News2)>,
+    pub version: i64,
+}
+
+/// A call sign: 2 to 20 of letters, digits, `-` (stored upper case).
+pub fn parse_call_sign(value: &str) -> Result<String, ActorError> {
+    let value = value.trim();
+    if (2..=20).contains(&value.len()) && value.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        Ok(value.to_uppercase())
+    } else {
+        Err(invalid("call_sign", format!("{value:?} is not a call sign (2 to 20 letters, digits or '-')")))
+    }
+}
+
+pub const UNIT_REGISTERED: &str = "unit.registered";
+pub const UNIT_STATUS_CHANGED: &str = "unit.status_changed";
+/// Live-only updates on the map topic.
+pub const UNIT_POSITION: &str = "unit.position";
+pub const UNIT_VITALS: &str = "unit.vitals";
+
+/// The data of a status change event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusChanged {
+    pub unit_id: Uuid,
+    pub call_sign: String,
+    pub from: UnitStatus,
+    pub to: UnitStatus,
+    pub incident_id: Option<Uuid>,
+    pub destination_id: Option<Uuid>,
+    pub reason: String,
+    pub at: DateTime<Utc>,
+}
+
+pub fn apply(state: Option<Unit>, stream_seq: i64, event_type: &str, data: &Value) -> Result<Unit, String> {
+    match event_type {
+        UNIT_REGISTERED => {
+            let mut unit: Unit = serde_json::from_value(data["unit"].clone()).map_err(|e| format!("bad {event_type}: {e}"))?;
+            unit.version = stream_seq;
+            Ok(unit)
+        }
+        UNIT_STATUS_CHANGED => {
+            let mut unit = state.ok_or("status change before registration")?;
+            let change: StatusChanged = serde_json::from_value(data.clone()).map_err(|e| format!("bad {event_type}: {e}"))?;
+            unit.status = change.to;
+            unit.incident_id = change.incident_id;
+            unit.destination_id = change.destination_id;
+            unit.version = stream_seq;
+            Ok(unit)
+        }
+        other => Err(format!("unknown ambulance event {other}")),
+    }
+}
+
+pub fn stream_name(unit_id: Uuid) -> String {
+    format!("ambulance/{unit_id}")
+}
+
+pub async fn recover(pool: &PgPool, tenant_id: Uuid, unit_id: Uuid) -> Result<Option<Unit>, ActorError> {
+    let history = store::load_stream(pool, tenant_id, &stream_name(unit_id)).await?;
+    let unreadable = |e: String| ActorError::Unavailable(format!("ambulance {unit_id} history unreadable: {e}"));
+    let mut state: Option<Unit> = match history.snapshot {
+        Some((seq, value)) => {
+            let mut unit: Unit = serde_json::from_value(value).map_err(|e| unreadable(e.to_string()))?;
+            unit.version = seq;
+            Some(unit)
+        }
+        None => None,
+    };
+    for event in &history.events {
+        state = Some(apply(state, event.stream_seq, &event.event_type, &event.data).map_err(unreadable)?);
+    }
+    // The latest position outlives restarts in the read model (the track writer keeps it).
+    if let Some(unit) = state.as_mut() {
+        unit.position = last_position(pool, unit_id).await?;
+    }
+    Ok(state)
+}
+
+async fn last_position(pool: &PgPool, unit_id: Uuid) -> Result<Option<GpsFix>, sqlx::Error> {
+    let row = sqlx::query("SELECT lat, lon, speed, heading, accuracy, fix_time FROM ambulance_positions WHERE unit_id = $1 ORDER BY fix_time DESC LIMIT 1")
+        .bind(unit_id)
+        .fetch_optional(pool)
+        .await?;
+    Ok(row.and_then(|row| {
+        Some(GpsFix {
+            position: GeoPoint::new(row.get("lat"), row.get("lon")).ok()?,
+            speed_mps: row.get("speed"),
+            heading_deg: row.get("heading"),
+            accuracy_m: row.get("accuracy"),
+            fix_time: row.get("fix_time"),
+        })
+    }))
+}
+
+async fn write_unit_row(conn: &mut sqlx::PgConnection, tenant_id: Uuid, unit: &Unit) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO ambulances (id, tenant_id, call_sign, status, incident_id, destination_id, version)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, incident_id = EXCLUDED.incident_id,
+                                        destination_id = EXCLUDED.destination_id, version = EXCLUDED.version",
+    )
+    .bind(unit.id)
+    .bind(tenant_id)
+    .bind(&unit.call_sign)
+    .bind(unit.status.as_str())
+    .bind(unit.incident_id)
+    .bind(unit.destination_id)
+    .bind(unit.version)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Registers a unit (its first event). Called by the tenant supervisor, which starts its actor.
+pub(crate) async fn register(pool: &PgPool, tenant_id: Uuid, tenant: &TenantSlug, caller: &Caller, call_sign: &str, metrics: &ActorMetrics) -> Result<Unit, ActorError> {
+    let unit = Unit {
+        id: Uuid::new_v4(),
+        call_sign: parse_call_sign(call_sign)?,
+        status: UnitStatus::Available,
+        incident_id: None,
+        destination_id: None,
+        position: None,
+        vitals: None,
+        version: 1,
+    };
+    let mut tx = pool.begin().await?;
+    match write_unit_row(&mut tx, tenant_id, &unit).await {
+        Err(sqlx::Error::Database(db)) if db.is_unique_violation() => return Err(ActorError::Conflict(format!("call sign {} is taken", unit.call_sign))),
+        other => other?,
+    }
+    let draft = EventDraft {
+        stream: stream_name(unit.id),
+        expected_version: 0,
+        topic: topics::map_topic(tenant),
+        event_type: UNIT_REGISTERED,
+        data: json!({"unit": unit}),
+    };
+    let audit = AuditRecord::by_caller(caller, "ambulance.register", "ambulance", unit.id).detail(json!({"call_sign": unit.call_sign}));
+    store::commit_command(tx, tenant_id, &draft, &audit, None, metrics, ACTOR).await?;
+    info!(tenant = %tenant, unit_id = %unit.id, call_sign = %unit.call_sign, "ambulance registered");
+    Ok(unit)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The track writer
+
+/// One fix to persist.
+#[derive(Debug, Clone)]
+pub struct TrackPoint {
+    pub tenant_id: Uuid,
+    pub unit_id: Uuid,
+    pub fix: GpsFix,
+}
+
+/// Writes positions in batches: a bounded buffer, drained into one multi-row insert (and one
+/// update of each unit's latest position) at most every 200 ms or 1,000 fixes.
+#[derive(Clone)]
+pub struct TrackWriter {
+    buffer: mpsc::Sender<TrackPoint>,
+    dropped: prometheus::IntCounter,
+}
+
+impl TrackWriter {
+    /// Starts the writer task (inside a running actix system); it ends when every sender is gone.
+    pub fn start(pool: PgPool, capacity: usize, registry: &prometheus::Registry) -> prometheus::Result<TrackWriter> {
+        let dropped = prometheus::IntCounter::new("medhub_track_fixes_dropped_total", "GPS fixes not written because the track buffer was full")?;
+        let written = prometheus::IntCounter::new("medhub_track_fixes_written_total", "GPS fixes written to unit tracks")?;
+        registry.register(Box::new(dropped.clone()))?;
+        registry.register(Box::new(written.clone()))?;
+        let (buffer, mut receiver) = mpsc::channel::<TrackPoint>(capacity.max(1));
+        actix::spawn(async move {
+            let mut batch = Vec::with_capacity(1000);
+            loop {
+                let first = match receiver.recv().await {
+                    Some(point) => point,
+                    None => break,
+                };
+                batch.push(first);
+                let deadline = tokio::time::sleep(Duration::from_millis(200));
+                tokio::pin!(deadline);
+                while batch.len() < 1000 {
+                    tokio::select! {
+                        more = receiver.recv() => match more {
+                            Some(point) => batch.push(point),
+                            None => break,
+                        },
+                        _ = &mut deadline => break,
+                    }
+                }
+                match write_batch(&pool, &batch).await {
+                    Ok(()) => written.inc_by(batch.len() as u64),
+                    Err(e) => warn!(error = %e, fixes = batch.len(), "cannot write a batch of track points; they are lost"),
+                }
+                batch.clear();
+            }
+        });
+        Ok(TrackWriter { buffer, dropped })
+    }
+
+    /// Queues a fix; when the buffer is full the fix is dropped and counted (the latest position
+    /// still lives in the unit's actor).
+    pub fn record(&self, point: TrackPoint) {
+        if self.buffer.try_send(point).is_err() {
+            self.dropped.inc();
+        }
+    }
+}
+
+async fn write_batch(pool: &PgPool, batch: &[TrackPoint]) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "INSERT INTO ambulance_positions (tenant_id, unit_id, fix_time, lat, lon, speed, heading, accuracy)
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::timestamptz[], $4::float8[], $5::float8[], $6::float8[], $7::float8[], $8::float8[])",
+    )
+    .bind(batch.iter().map(|p| p.tenant_id).collect::<Vec<_>>())
+    .bind(batch.iter().map(|p| p.unit_id).collect::<Vec<_>>())
+    .bind(batch.iter().map(|p| p.fix.fix_time).collect::<Vec<_>>())
+    .bind(batch.iter().map(|p| p.fix.position.lat()).collect::<Vec<_>>())
+    .bind(batch.iter().map(|p| p.fix.position.lon()).collect::<Vec<_>>())
+    .bind(batch.iter().map(|p| p.fix.speed_mps).collect::<Vec<_>>())
+    .bind(batch.iter().map(|p| p.fix.heading_deg).collect::<Vec<_>>())
+    .bind(batch.iter().map(|p| p.fix.accuracy_m).collect::<Vec<_>>())
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
+}
+
+// ---------------------------------------------------------------------------------------------
+// The actor
+
+pub struct AmbulanceActor {
+    core: Core<Unit>,
+    live: Arc<dyn LiveFeed>,
+    track: TrackWriter,
+}
+
+impl DurableState for Unit {
+    fn recover(pool: PgPool, tenant_id: Uuid, id: Uuid) -> impl std::future::Future<Output = Result<Option<Unit>, ActorError>> + Send + 'static {
+        async move { recover(&pool, tenant_id, id).await }
+    }
+}
+
+impl AmbulanceActor {
+    pub(crate) fn new(core: Core<Unit>, live: Arc<dyn LiveFeed>, track: TrackWriter) -> Self {
+        AmbulanceActor { core, live, track }
+    }
+
+    fn change_status(&mut self, to: UnitStatus, incident_id: Option<Uuid>, destination_id: Option<Uuid>, reason: String, audit: AuditRecord) -> Reply<Self, Unit> {
+        let unit = match self.current() {
+            Ok(unit) => unit.clone(),
+            Err(error) => return durable::refuse(self, error),
+        };
+        if unit.status == to && unit.incident_id == incident_id && unit.destination_id == destination_id {
+            return durable::answer(unit);
+        }
+        if unit.status != to && !unit.status.may_become(to) {
+            return durable::refuse(self, ActorError::Conflict(format!("a unit that is {} cannot become {}", unit.status.as_str(), to.as_str())));
+        }
+        let change = StatusChanged {
+            unit_id: unit.id,
+            call_sign: unit.call_sign.clone(),
+            from: unit.status,
+            to,
+            incident_id,
+            destination_id,
+            reason,
+            at: Utc::now().trunc_subsecs(6),
+        };
+        let data = json!(change);
+        let mut next = match apply(Some(unit.clone()), unit.version + 1, UNIT_STATUS_CHANGED, &data) {
+            Ok(next) => next,
+            Err(e) => return durable::refuse(self, ActorError::Unavailable(e)),
+        };
+        next.position = unit.position;
+        next.vitals = unit.vitals.clone();
+        let core = &self.core;
+        let (pool, tenant_id, tenant, every, metrics) = (core.pool.clone(), core.tenant_id, core.tenant.clone(), core.snapshot_every, core.metrics.clone());
+        let span = info_span!("command", tenant = %core.tenant, actor = ACTOR, unit_id = %core.id, event = UNIT_STATUS_CHANGED);
+        let commit = async move {
+            let mut tx = pool.begin().await?;
+            write_unit_row(&mut tx, tenant_id, &next).await?;
+            let draft = EventDraft { stream: stream_name(next.id), expected_version: next.version - 1, topic: topics::map_topic(&tenant), event_type: UNIT_STATUS_CHANGED, data };
+            let snapshot = (next.version % every.max(1) == 0).then(|| json!(next));
+            let committed = store::commit_command(tx, tenant_id, &draft, &audit, snapshot.as_ref(), &metrics, ACTOR).await?;
+            Ok((next, committed))
+        }
+        .instrument(span);
+        durable::commit_then_install(self, commit, |actor: &mut Self, next: Unit, _| {
+            actor.core.state = Some(next.clone());
+            next
+        })
+    }
+}
+
+impl Actor for AmbulanceActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        durable::start(self, ctx);
+    }
+}
+
+impl actix::Supervised for AmbulanceActor {
+    fn restarting(&mut self, _ctx: &mut Context<Self>) {
+        durable::restarting(self);
+    }
+}
+
+impl DurableActor for AmbulanceActor {
+    type State = Unit;
+    const KIND: &'static str = ACTOR;
+
+    fn core(&self) -> &Core<Unit> {
+        &self.core
+    }
+
+    fn core_mut(&mut self) -> &mut Core<Unit> {
+        &mut self.core
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<Unit, ActorError>")]
+pub struct GetUnit;
+
+impl Handler<GetUnit> for AmbulanceActor {
+    type Result = Result<Unit, ActorError>;
+    fn handle(&mut self, _msg: GetUnit, _ctx: &mut Context<Self>) -> Self::Result {
+        self.current().cloned()
+    }
+}
+
+/// A GPS fix from the unit: kept as the latest (unless older than it), pushed live to the map,
+/// queued for the track. Never waits on the database.
+#[derive(Message)]
+#[rtype(result = "Result<(), ActorError>")]
+pub struct PositionFix(pub GpsFix);
+
+impl Handler<PositionFix> for AmbulanceActor {
+    type Result = Result<(), ActorError>;
+
+    fn handle(&mut self, PositionFix(fix): PositionFix, _ctx: &mut Context<Self>) -> Self::Result {
+        let (tenant_id, topic) = (self.core.tenant_id, topics::map_topic(&self.core.tenant));
+        let unit = self.core.state.as_mut().ok_or_else(|| ActorError::Unavailable("the ambulance is loading; retry shortly".to_owned()))?;
+        self.track.record(TrackPoint { tenant_id, unit_id: unit.id, fix });
+        if unit.position.is_some_and(|latest| latest.fix_time > fix.fix_time) {
+            return Ok(()); // a late fix joins the track but does not move the unit back
+        }
+        unit.position = Some(fix);
+        let data = json!({"unit_id": unit.id, "call_sign": unit.call_sign, "status": unit.status, "lat": fix.position.lat(), "lon": fix.position.lon(),
+                          "speed": fix.speed_mps, "heading": fix.heading_deg, "accuracy": fix.accuracy_m, "fix_time": fix.fix_time});
+        self.live.publish(&topic, UNIT_POSITION, &data);
+        Ok(())
+    }
+}
+
+/// A set of vital signs from the unit's monitor: scored (NEWS2) and shown live.
+#[derive(Message)]
+#[rtype(result = "Result<News2, ActorError>")]
+pub struct VitalsReading(pub Box<Vitals>);
+
+impl Handler<VitalsReading> for AmbulanceActor {
+    type Result = Result<News2, ActorError>;
+
+    fn handle(&mut self, VitalsReading(vitals): VitalsReading, _ctx: &mut Context<Self>) -> Self::Result {
+        let topic = topics::map_topic(&self.core.tenant);
+        let unit = self.core.state.as_mut().ok_or_else(|| ActorError::Unavailable("the ambulance is loading; retry shortly".to_owned()))?;
+        let scored = news2::score(&vitals, SpO2Scale::Scale1);
+        let data = json!({"unit_id": unit.id, "incident_id": unit.incident_id, "vitals": vitals, "news2": scored});
+        unit.vitals = Some((*vitals, scored.clone()));
+        self.live.publish(&topic, UNIT_VITALS, &data);
+        Ok(scored)
+    }
+}
+
+/// Sets the unit's status (a dispatcher, or the crew through their device).
+#[derive(Message)]
+#[rtype(result = "Result<Unit, ActorError>")]
+pub struct SetStatus {
+    /// `None`: the unit's own device reported it.
+    pub caller: Option<Caller>,
+    pub status: UnitStatus,
+    pub incident_id: Option<Uuid>,
+    pub destination_id: Option<Uuid>,
+    pub reason: String,
+}
+
+impl Handler<SetStatus> for AmbulanceActor {
+    type Result = Reply<Self, Unit>;
+
+    fn handle(&mut self, msg: SetStatus, _ctx: &mut Context<Self>) -> Self::Result {
+        let unit_id = self.core.id;
+        let audit = match &msg.caller {
+            Some(caller) => AuditRecord::by_caller(caller, "ambulance.status", "ambulance", unit_id),
+            None => {
+                let mut record = AuditRecord::by_system("ambulance.status", "ambulance", unit_id);
+                record.actor_kind = "device";
+                record.actor_id = unit_id.to_string();
+                record
+            }
+        }
+        .detail(json!({"to": msg.status.as_str(), "incident_id": msg.incident_id, "reason": msg.reason}));
+        // Keep the incident and destination unless the new status ends the mission.
+        let (incident, destination) = match (msg.status, self.core.state.as_ref()) {
+            (UnitStatus::Available | UnitStatus::OutOfService, _) => (None, None),
+            (_, Some(unit)) => (msg.incident_id.or(unit.incident_id), msg.destination_id.or(unit.destination_id)),
+            (_, None) => (msg.incident_id, msg.destination_id),
+        };
+        self.change_status(msg.status, incident, destination, msg.reason, audit)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Read models
+
+/// A unit on the map.
+#[derive(Debug, Clone, Serialize)]
+pub struct UnitRow {
+    pub id: Uuid,
+    pub call_sign: String,
+    pub status: String,
+    pub incident_id: Option<Uuid>,
+    pub destination_id: Option<Uuid>,
+}
+
+pub async fn list_units(pool: &PgPool, tenant_id: Uuid) -> Result<Vec<UnitRow>, sqlx::Error> {
+    let rows = sqlx::query("SELECT id, call_sign, status, incident_id, destination_id FROM ambulances WHERE tenant_id = $1 ORDER BY call_sign")
+        .bind(tenant_id)
+        .fetch_all(pool)
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| UnitRow { id: row.get("id"), call_sign: row.get("call_sign"), status: row.get("status"), incident_id: row.get("incident_id"), destination_id: row.get("destination_id") })
+        .collect())
+}
+
+/// A unit's track between two instants, oldest first (at most `limit` fixes).
+pub async fn track(pool: &PgPool, tenant_id: Uuid, unit_id: Uuid, from: DateTime<Utc>, to: DateTime<Utc>, limit: i64) -> Result<Vec<Value>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT fix_time, lat, lon, speed, heading, accuracy FROM ambulance_positions
+         WHERE tenant_id = $1 AND unit_id = $2 AND fix_time >= $3 AND fix_time < $4 ORDER BY fix_time LIMIT $5",
+    )
+    .bind(tenant_id)
+    .bind(unit_id)
+    .bind(from)
+    .bind(to)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|row| {
+            json!({"fix_time": row.get::<DateTime<Utc>, _>("fix_time"), "lat": row.get::<f64, _>("lat"), "lon": row.get::<f64, _>("lon"),
+                   "speed": row.get::<f64, _>("speed"), "heading": row.get::<f64, _>("heading"), "accuracy": row.get::<f64, _>("accuracy")})
+        })
+        .collect())
+}
+
+/// The map as a new subscriber starts from: every unit with its latest position, and every
+/// facility with its free emergency beds; and the map topic's seq it reflects.
+pub async fn map_snapshot(pool: &PgPool, tenant_id: Uuid, topic: &str) -> Result<(i64, Value), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
+    let seq = store::topic_head(&mut tx, topic).await?;
+    let units = sqlx::query(
+        "SELECT a.id, a.call_sign, a.status, a.incident_id, a.destination_id, p.lat, p.lon, p.speed, p.heading, p.fix_time
+         FROM ambulances a LEFT JOIN LATERAL (
+             SELECT lat, lon, speed, heading, fix_time FROM ambulance_positions WHERE unit_id = a.id ORDER BY fix_time DESC LIMIT 1
+         ) p ON true
+         WHERE a.tenant_id = $1 ORDER BY a.call_sign",
+    )
+    .bind(tenant_id)
+    .fetch_all(&mut *tx)
+    .await?
+    .iter()
+    .map(|row| {
+        json!({"unit_id": row.get::<Uuid, _>("id"), "call_sign": row.get::<String, _>("call_sign"), "status": row.get::<String, _>("status"),
+               "incident_id": row.get::<Option<Uuid>, _>("incident_id"), "destination_id": row.get::<Option<Uuid>, _>("destination_id"),
+               "lat": row.get::<Option<f64>, _>("lat"), "lon": row.get::<Option<f64>, _>("lon"), "speed": row.get::<Option<f64>, _>("speed"),
+               "heading": row.get::<Option<f64>, _>("heading"), "fix_time": row.get::<Option<DateTime<Utc>>, _>("fix_time")})
+    })
+    .collect::<Vec<_>>();
+    let facilities = sqlx::query(
+        "SELECT f.id, f.name, f.latitude, f.longitude,
+                count(b.id) FILTER (WHERE b.status = 'free' AND w.kind = 'emergency') AS free_emergency_beds
+         FROM facilities f LEFT JOIN wards w ON w.facility_id = f.id LEFT JOIN beds b ON b.ward_id = w.id
+         WHERE f.tenant_id = $1 GROUP BY f.id ORDER BY f.name",
+    )
+    .bind(tenant_id)
+    .fetch_all(&mut *tx)
+    .await?
+    .iter()
+    .map(|row| {
+        json!({"id": row.get::<Uuid, _>("id"), "name": row.get::<String, _>("name"), "lat": row.get::<f64, _>("latitude"),
+               "lon": row.get::<f64, _>("longitude"), "free_emergency_beds": row.get::<i64, _>("free_emergency_beds")})
+    })
+    .collect::<Vec<_>>();
+    tx.commit().await?;
+    Ok((seq, json!({"seq": seq, "units": units, "facilities": facilities})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_machine_follows_a_mission_and_nothing_else() {
+        use UnitStatus::*;
+        let mission = [Available, Dispatched, EnRoute, OnScene, Transporting, AtHospital, Available];
+        assert!(mission.windows(2).all(|w| w[0].may_become(w[1])));
+        assert!(!Available.may_become(Transporting));
+        assert!(!Transporting.may_become(Dispatched));
+        assert!(!OutOfService.may_become(Dispatched));
+        assert!(Available.may_become(OutOfService) && OutOfService.may_become(Available));
+        for status in mission {
+            assert_eq!(UnitStatus::parse(status.as_str()), Some(status));
+        }
+    }
+
+    #[test]
+    fn call_signs_are_short_codes() {
+        assert_eq!(parse_call_sign(" amb-07 ").unwrap(), "AMB-07");
+        assert!(parse_call_sign("A").is_err());
+        assert!(parse_call_sign("has space").is_err());
+    }
+
+    #[test]
+    fn status_events_replay() {
+        let unit = Unit { id: Uuid::nil(), call_sign: "AMB-1".into(), status: UnitStatus::Available, incident_id: None, destination_id: None, position: None, vitals: None, version: 1 };
+        let incident = Uuid::from_u128(7);
+        let change = StatusChanged { unit_id: unit.id, call_sign: "AMB-1".into(), from: UnitStatus::Available, to: UnitStatus::Dispatched, incident_id: Some(incident), destination_id: None, reason: "dispatch".into(), at: Utc::now() };
+        let state = apply(Some(apply(None, 1, UNIT_REGISTERED, &json!({"unit": unit})).unwrap()), 2, UNIT_STATUS_CHANGED, &json!(change)).unwrap();
+        assert_eq!((state.status, state.incident_id, state.version), (UnitStatus::Dispatched, Some(incident), 2));
+    }
+}
