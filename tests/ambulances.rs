@@ -53,3 +53,34 @@ async fn a_unit_follows_its_mission_on_the_live_map() {
     let mut refused = Live::connect(&world.hub, &patient).await;
     assert_eq!(refused.subscribe(&topic, None).await["error"], "forbidden");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incident_with_no_unit_in_reach_is_unassigned_and_can_be_cancelled() {
+    let world = World::start(2).await;
+    let dispatcher = world.hub.login(&world.tenant, Role::Dispatcher).await;
+    // A unit without any position yet cannot be estimated, so it is not sent.
+    world.admin.post("/api/ambulances", json!({"call_sign": "AMB-01"})).await.unwrap().expect(201);
+    let incident = dispatcher
+        .post("/api/incidents", json!({"location": {"lat": -1.30, "lon": 36.81}, "priority": "critical", "description": "collapsed at bus stop"}))
+        .await
+        .unwrap()
+        .expect(201);
+    assert_eq!(incident["status"], "unassigned", "{incident}");
+    let id = incident["id"].as_str().unwrap();
+    let timeline = dispatcher.get(&format!("/api/incidents/{id}/timeline")).await.unwrap().ok();
+    let steps: Vec<&str> = timeline["timeline"].as_array().unwrap().iter().map(|s| s["type"].as_str().unwrap()).collect();
+    assert_eq!(steps, ["incident.created", "incident.unassigned"]);
+    let cancelled = dispatcher.post(&format!("/api/incidents/{id}/cancel"), json!({"reason": "caller recovered"})).await.unwrap().ok();
+    assert_eq!(cancelled["status"], "cancelled");
+    assert_eq!(dispatcher.get("/api/incidents").await.unwrap().ok()["incidents"].as_array().unwrap().len(), 0);
+
+    for (body, field) in [
+        (json!({"location": {"lat": 91, "lon": 0}, "priority": "urgent", "description": "x"}), "location"),
+        (json!({"location": {"lat": 0, "lon": 0}, "priority": "whenever", "description": "x"}), "priority"),
+        (json!({"location": {"lat": 0, "lon": 0}, "priority": "urgent", "description": " "}), "description"),
+    ] {
+        let refused = dispatcher.post("/api/incidents", body).await.unwrap();
+        assert_eq!((refused.status, refused.body["field"].as_str()), (400, Some(field)), "{}", refused.body);
+    }
+    assert_eq!(world.nurse.post("/api/incidents", json!({})).await.unwrap().status, 403);
+}

@@ -23,6 +23,7 @@ use uuid::Uuid;
 
 use crate::audit::AuditRecord;
 use crate::devices::GpsFix;
+use crate::dispatch::UnitProgress;
 use crate::domain::{Caller, GeoPoint, TenantSlug};
 use crate::durable::{self, Core, DurableActor, DurableState, Reply};
 use crate::error::ActorError;
@@ -96,6 +97,9 @@ pub struct Unit {
     pub status: UnitStatus,
     pub incident_id: Option<Uuid>,
     pub destination_id: Option<Uuid>,
+    /// Where the destination is (for the arrival geofence).
+    #[serde(default)]
+    pub destination_point: Option<GeoPoint>,
     pub position: Option<GpsFix>,
     /// The latest vital signs from the unit's monitor and their score (telemetry: not persisted
     /// with the state; re-scored from the next reading after a restart).
@@ -129,6 +133,8 @@ pub struct StatusChanged {
     pub to: UnitStatus,
     pub incident_id: Option<Uuid>,
     pub destination_id: Option<Uuid>,
+    #[serde(default)]
+    pub destination_point: Option<GeoPoint>,
     pub reason: String,
     pub at: DateTime<Utc>,
 }
@@ -146,6 +152,7 @@ pub fn apply(state: Option<Unit>, stream_seq: i64, event_type: &str, data: &Valu
             unit.status = change.to;
             unit.incident_id = change.incident_id;
             unit.destination_id = change.destination_id;
+            unit.destination_point = change.destination_point;
             unit.version = stream_seq;
             Ok(unit)
         }
@@ -221,6 +228,7 @@ pub(crate) async fn register(pool: &PgPool, tenant_id: Uuid, tenant: &TenantSlug
         status: UnitStatus::Available,
         incident_id: None,
         destination_id: None,
+        destination_point: None,
         position: None,
         vitals: None,
         version: 1,
@@ -334,6 +342,9 @@ pub struct AmbulanceActor {
     core: Core<Unit>,
     live: Arc<dyn LiveFeed>,
     track: TrackWriter,
+    /// The tenant's dispatch actor, told of every status change.
+    dispatch: Recipient<UnitProgress>,
+    geofence_m: f64,
 }
 
 impl DurableState for Unit {
@@ -343,16 +354,17 @@ impl DurableState for Unit {
 }
 
 impl AmbulanceActor {
-    pub(crate) fn new(core: Core<Unit>, live: Arc<dyn LiveFeed>, track: TrackWriter) -> Self {
-        AmbulanceActor { core, live, track }
+    pub(crate) fn new(core: Core<Unit>, live: Arc<dyn LiveFeed>, track: TrackWriter, dispatch: Recipient<UnitProgress>, geofence_m: f64) -> Self {
+        AmbulanceActor { core, live, track, dispatch, geofence_m }
     }
 
-    fn change_status(&mut self, to: UnitStatus, incident_id: Option<Uuid>, destination_id: Option<Uuid>, reason: String, audit: AuditRecord) -> Reply<Self, Unit> {
+    fn change_status(&mut self, to: UnitStatus, incident_id: Option<Uuid>, destination: Option<(Uuid, GeoPoint)>, reason: String, audit: AuditRecord) -> Reply<Self, Unit> {
+        let (destination_id, destination_point) = (destination.map(|d| d.0), destination.map(|d| d.1));
         let unit = match self.current() {
             Ok(unit) => unit.clone(),
             Err(error) => return durable::refuse(self, error),
         };
-        if unit.status == to && unit.incident_id == incident_id && unit.destination_id == destination_id {
+        if unit.status == to && unit.incident_id == incident_id && unit.destination_id == destination_id && unit.destination_point == destination_point {
             return durable::answer(unit);
         }
         if unit.status != to && !unit.status.may_become(to) {
@@ -365,6 +377,7 @@ impl AmbulanceActor {
             to,
             incident_id,
             destination_id,
+            destination_point,
             reason,
             at: Utc::now().trunc_subsecs(6),
         };
@@ -388,6 +401,7 @@ impl AmbulanceActor {
         }
         .instrument(span);
         durable::commit_then_install(self, commit, |actor: &mut Self, next: Unit, _| {
+            actor.dispatch.do_send(UnitProgress { unit_id: next.id, incident_id: next.incident_id, status: next.status });
             actor.core.state = Some(next.clone());
             next
         })
@@ -441,7 +455,7 @@ pub struct PositionFix(pub GpsFix);
 impl Handler<PositionFix> for AmbulanceActor {
     type Result = Result<(), ActorError>;
 
-    fn handle(&mut self, PositionFix(fix): PositionFix, _ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, PositionFix(fix): PositionFix, ctx: &mut Context<Self>) -> Self::Result {
         let (tenant_id, topic) = (self.core.tenant_id, topics::map_topic(&self.core.tenant));
         let unit = self.core.state.as_mut().ok_or_else(|| ActorError::Unavailable("the ambulance is loading; retry shortly".to_owned()))?;
         self.track.record(TrackPoint { tenant_id, unit_id: unit.id, fix });
@@ -452,6 +466,13 @@ impl Handler<PositionFix> for AmbulanceActor {
         let data = json!({"unit_id": unit.id, "call_sign": unit.call_sign, "status": unit.status, "lat": fix.position.lat(), "lon": fix.position.lon(),
                           "speed": fix.speed_mps, "heading": fix.heading_deg, "accuracy": fix.accuracy_m, "fix_time": fix.fix_time});
         self.live.publish(&topic, UNIT_POSITION, &data);
+        // Arrival: a transporting unit inside its destination's geofence is at the hospital.
+        if let (UnitStatus::Transporting, Some(destination)) = (unit.status, unit.destination_point) {
+            let metres = crate::schedule::distance_km(fix.position, destination) * 1000.0;
+            if metres <= self.geofence_m {
+                ctx.notify(SetStatus { caller: None, status: UnitStatus::AtHospital, incident_id: None, destination: None, reason: format!("arrived ({metres:.0} m from the destination)") });
+            }
+        }
         Ok(())
     }
 }
@@ -483,7 +504,7 @@ pub struct SetStatus {
     pub caller: Option<Caller>,
     pub status: UnitStatus,
     pub incident_id: Option<Uuid>,
-    pub destination_id: Option<Uuid>,
+    pub destination: Option<(Uuid, GeoPoint)>,
     pub reason: String,
 }
 
@@ -505,8 +526,11 @@ impl Handler<SetStatus> for AmbulanceActor {
         // Keep the incident and destination unless the new status ends the mission.
         let (incident, destination) = match (msg.status, self.core.state.as_ref()) {
             (UnitStatus::Available | UnitStatus::OutOfService, _) => (None, None),
-            (_, Some(unit)) => (msg.incident_id.or(unit.incident_id), msg.destination_id.or(unit.destination_id)),
-            (_, None) => (msg.incident_id, msg.destination_id),
+            (_, Some(unit)) => {
+                let kept = unit.destination_id.zip(unit.destination_point);
+                (msg.incident_id.or(unit.incident_id), msg.destination.or(kept))
+            }
+            (_, None) => (msg.incident_id, msg.destination),
         };
         self.change_status(msg.status, incident, destination, msg.reason, audit)
     }
@@ -628,9 +652,9 @@ mod tests {
 
     #[test]
     fn status_events_replay() {
-        let unit = Unit { id: Uuid::nil(), call_sign: "AMB-1".into(), status: UnitStatus::Available, incident_id: None, destination_id: None, position: None, vitals: None, version: 1 };
+        let unit = Unit { id: Uuid::nil(), call_sign: "AMB-1".into(), status: UnitStatus::Available, incident_id: None, destination_id: None, destination_point: None, position: None, vitals: None, version: 1 };
         let incident = Uuid::from_u128(7);
-        let change = StatusChanged { unit_id: unit.id, call_sign: "AMB-1".into(), from: UnitStatus::Available, to: UnitStatus::Dispatched, incident_id: Some(incident), destination_id: None, reason: "dispatch".into(), at: Utc::now() };
+        let change = StatusChanged { unit_id: unit.id, call_sign: "AMB-1".into(), from: UnitStatus::Available, to: UnitStatus::Dispatched, incident_id: Some(incident), destination_id: None, destination_point: None, reason: "dispatch".into(), at: Utc::now() };
         let state = apply(Some(apply(None, 1, UNIT_REGISTERED, &json!({"unit": unit})).unwrap()), 2, UNIT_STATUS_CHANGED, &json!(change)).unwrap();
         assert_eq!((state.status, state.incident_id, state.version), (UnitStatus::Dispatched, Some(incident), 2));
     }

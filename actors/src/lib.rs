@@ -13,6 +13,7 @@ pub mod ambulance;
 pub mod audit;
 pub mod billing;
 pub mod devices;
+pub mod dispatch;
 pub mod domain;
 mod durable;
 pub mod error;

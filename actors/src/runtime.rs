@@ -15,10 +15,11 @@ use crate::facility::FacilityActor;
 use crate::metrics::ActorMetrics;
 use crate::schedule::DoctorScheduleActor;
 use crate::ambulance::{AmbulanceActor, TrackWriter};
+use crate::dispatch::{CommandsSlot, DispatchActor, DispatchConfig};
 use crate::inventory::InventoryBatchActor;
 use crate::live::LiveFeed;
 use crate::pharmacy::PrescriptionLocks;
-use crate::tenant::{AmbulanceAddr, BatchAddr, FacilityAddr, ScheduleAddr, TenantSupervisor};
+use crate::tenant::{AmbulanceAddr, BatchAddr, DispatchAddr, FacilityAddr, ScheduleAddr, TenantSupervisor};
 
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
@@ -33,6 +34,9 @@ pub struct RuntimeConfig {
 pub struct Services {
     pub live: Arc<dyn LiveFeed>,
     pub track: TrackWriter,
+    pub dispatch: DispatchConfig,
+    /// Set once the device gateway runs.
+    pub commands: CommandsSlot,
 }
 
 pub struct ActorRuntime {
@@ -98,6 +102,11 @@ impl ActorRuntime {
     /// The actor of an ambulance unit of this tenant; `NotFound` for another tenant's unit.
     pub async fn ambulance(&self, tenant_id: Uuid, tenant: &TenantSlug, unit_id: Uuid) -> Result<Addr<AmbulanceActor>, ActorError> {
         self.tenant(tenant_id, tenant)?.send(AmbulanceAddr(unit_id)).await?
+    }
+
+    /// The tenant's dispatch actor (incidents and which unit serves them).
+    pub async fn dispatch(&self, tenant_id: Uuid, tenant: &TenantSlug) -> Result<Addr<DispatchActor>, ActorError> {
+        Ok(self.tenant(tenant_id, tenant)?.send(DispatchAddr).await?)
     }
 
     /// Serialises the work on each prescription (see `pharmacy`).

@@ -19,6 +19,7 @@ use crate::error::ActorError;
 use crate::facility::{self, Facility, FacilityActor, NewFacility};
 use crate::metrics::ActorMetrics;
 use crate::ambulance::{self, AmbulanceActor, Unit};
+use crate::dispatch::DispatchActor;
 use crate::durable::Core;
 use crate::inventory::{self, Batch, InventoryBatchActor, NewBatch};
 use crate::runtime::Services;
@@ -34,6 +35,8 @@ pub struct TenantSupervisor {
     schedules: HashMap<Uuid, Addr<DoctorScheduleActor>>,
     batches: HashMap<Uuid, Addr<InventoryBatchActor>>,
     ambulances: HashMap<Uuid, Addr<AmbulanceActor>>,
+    /// Started with the supervisor: one per tenant.
+    dispatch: Option<Addr<DispatchActor>>,
     services: Services,
 }
 
@@ -106,7 +109,8 @@ impl Child for AmbulanceActor {
     }
     fn build(s: &TenantSupervisor, state: Unit) -> Self {
         let core = Core::new(s.tenant_id, s.tenant.clone(), state.id, state, s.pool.clone(), s.snapshot_every, s.metrics.clone());
-        AmbulanceActor::new(core, s.services.live.clone(), s.services.track.clone())
+        let dispatch = s.dispatch.clone().expect("the dispatch actor starts with the supervisor").recipient();
+        AmbulanceActor::new(core, s.services.live.clone(), s.services.track.clone(), dispatch, s.services.dispatch.geofence_m)
     }
     fn id(state: &Unit) -> Uuid {
         state.id
@@ -128,6 +132,7 @@ impl TenantSupervisor {
             schedules: HashMap::new(),
             batches: HashMap::new(),
             ambulances: HashMap::new(),
+            dispatch: None,
             services,
         }
     }
@@ -159,8 +164,15 @@ impl TenantSupervisor {
 impl Actor for TenantSupervisor {
     type Context = Context<Self>;
 
-    fn started(&mut self, _ctx: &mut Context<Self>) {
+    fn started(&mut self, ctx: &mut Context<Self>) {
         info!(tenant = %self.tenant, actor = "tenant", "tenant supervisor started");
+        if self.dispatch.is_none() {
+            let (tenant_id, tenant, pool, metrics, services, me) =
+                (self.tenant_id, self.tenant.clone(), self.pool.clone(), self.metrics.clone(), self.services.clone(), ctx.address());
+            self.dispatch = Some(Supervisor::start_in_arbiter(&Arbiter::current(), move |_| {
+                DispatchActor::new(tenant_id, tenant, pool, metrics, services.dispatch.clone(), services.commands.clone(), me)
+            }));
+        }
     }
 }
 
@@ -331,5 +343,18 @@ impl Handler<RegisterAmbulance> for TenantSupervisor {
                     Ok(unit)
                 }),
         )
+    }
+}
+
+/// The tenant's dispatch actor.
+#[derive(Message)]
+#[rtype(result = "Addr<DispatchActor>")]
+pub struct DispatchAddr;
+
+impl Handler<DispatchAddr> for TenantSupervisor {
+    type Result = MessageResult<DispatchAddr>;
+
+    fn handle(&mut self, _msg: DispatchAddr, _ctx: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.dispatch.clone().expect("the dispatch actor starts with the supervisor"))
     }
 }

@@ -109,6 +109,18 @@ pub struct ConfigArgs {
     #[arg(long, env = "MEDHUB_EXPIRY_SWEEP_SECS", global = true)]
     pub expiry_sweep_secs: Option<u64>,
 
+    /// Seconds a unit has to acknowledge a dispatch before the next unit is asked [default: 30].
+    #[arg(long, env = "MEDHUB_DISPATCH_ACK_TIMEOUT_SECS", global = true)]
+    pub dispatch_ack_timeout_secs: Option<u64>,
+
+    /// Speed (km/h) that estimated times of arrival assume [default: 40].
+    #[arg(long, env = "MEDHUB_DISPATCH_SPEED_KMH", global = true)]
+    pub dispatch_speed_kmh: Option<f64>,
+
+    /// Metres from its destination within which a transporting unit has arrived [default: 150].
+    #[arg(long, env = "MEDHUB_ARRIVAL_GEOFENCE_M", global = true)]
+    pub arrival_geofence_m: Option<f64>,
+
     /// Seconds graceful shutdown waits for in-flight requests [default: 10].
     #[arg(long, env = "MEDHUB_SHUTDOWN_TIMEOUT_SECS", global = true)]
     pub shutdown_timeout_secs: Option<u64>,
@@ -157,6 +169,9 @@ pub struct Settings {
     pub reminder_sweep: Duration,
     pub expiry_alert_days: Vec<i32>,
     pub expiry_sweep: Duration,
+    pub dispatch_ack_timeout: Duration,
+    pub dispatch_speed_kmh: f64,
+    pub arrival_geofence_m: f64,
     pub shutdown_timeout: Duration,
     pub log: String,
     pub log_format: LogFormat,
@@ -179,7 +194,8 @@ impl Settings {
         prefer!(cli, file; listen, database_url, data_dir, pg_bin_dir, pg_port, db_max_connections, db_actor_connections, jwt_secret,
             access_token_ttl_secs, refresh_token_ttl_secs, snapshot_every, actor_threads, http_workers,
             ws_queue_capacity, ws_heartbeat_secs, ws_client_timeout_secs, ws_session_check_secs, ws_replay_limit, reminder_lead_secs,
-            reminder_sweep_secs, expiry_alert_days, expiry_sweep_secs, shutdown_timeout_secs,
+            reminder_sweep_secs, expiry_alert_days, expiry_sweep_secs, dispatch_ack_timeout_secs, dispatch_speed_kmh, arrival_geofence_m,
+            shutdown_timeout_secs,
             log, log_format, enable_fault_injection);
 
         let log_format = match log_format.as_deref().unwrap_or("text") {
@@ -223,12 +239,23 @@ impl Settings {
             reminder_sweep: Duration::from_secs(positive("reminder_sweep_secs", reminder_sweep_secs.unwrap_or(15))?),
             expiry_alert_days: parse_days(expiry_alert_days.as_deref().unwrap_or("90,30,7"))?,
             expiry_sweep: Duration::from_secs(positive("expiry_sweep_secs", expiry_sweep_secs.unwrap_or(3600))?),
+            dispatch_ack_timeout: Duration::from_secs(positive("dispatch_ack_timeout_secs", dispatch_ack_timeout_secs.unwrap_or(30))?),
+            dispatch_speed_kmh: in_range("dispatch_speed_kmh", dispatch_speed_kmh.unwrap_or(40.0), 5.0, 200.0)?,
+            arrival_geofence_m: in_range("arrival_geofence_m", arrival_geofence_m.unwrap_or(150.0), 10.0, 5000.0)?,
             shutdown_timeout: Duration::from_secs(shutdown_timeout_secs.unwrap_or(10)),
             log: log.unwrap_or_else(|| "info".to_owned()),
             log_format,
             fault_injection: enable_fault_injection.unwrap_or(false),
         };
         Ok(settings)
+    }
+}
+
+fn in_range(name: &str, value: f64, min: f64, max: f64) -> anyhow::Result<f64> {
+    if value.is_finite() && (min..=max).contains(&value) {
+        Ok(value)
+    } else {
+        bail!("{name} must be between {min} and {max}, not {value}")
     }
 }
 

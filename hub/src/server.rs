@@ -21,6 +21,7 @@ use tracing::{error, info, warn};
 
 use medhub_actors::metrics::ActorMetrics;
 use medhub_actors::ambulance::TrackWriter;
+use medhub_actors::dispatch::{CommandsSlot, DispatchConfig};
 use medhub_actors::runtime::{ActorRuntime, RuntimeConfig, Services};
 use medhub_actors::{reminders, MIGRATOR};
 use medhub_realtime::metrics::RealtimeMetrics;
@@ -127,12 +128,22 @@ pub async fn serve(settings: Settings, demo: bool) -> anyhow::Result<()> {
     let auth = Arc::new(AuthService::new(pool.clone(), &signing_key, settings.access_token_ttl, settings.refresh_token_ttl));
     let broker = Arc::new(Broker::new(realtime_metrics.clone()));
     let track = TrackWriter::start(pool.clone(), 50_000, &registry)?;
+    let commands = CommandsSlot::default();
     let actor_pool = database.actor_pool(settings.db_actor_connections).await?;
     let runtime = ActorRuntime::start(
         actor_pool.clone(),
         RuntimeConfig { snapshot_every: settings.snapshot_every, threads: settings.actor_threads },
         actor_metrics,
-        Services { live: broker.clone(), track },
+        Services {
+            live: broker.clone(),
+            track,
+            dispatch: DispatchConfig {
+                ack_timeout: settings.dispatch_ack_timeout,
+                speed_kmh: settings.dispatch_speed_kmh,
+                geofence_m: settings.arrival_geofence_m,
+            },
+            commands: commands.clone(),
+        },
     );
 
     let demo_users = if demo { Some(seed::seed_demo(&pool, &runtime).await?) } else { None };

@@ -87,7 +87,7 @@ async fn set_status(state: web::Data<AppState>, caller: Authenticated, path: web
         return Err(ApiError::invalid("reason", "reason is at most 300 characters"));
     }
     let unit = actor
-        .send(SetStatus { caller: Some(caller.0.clone()), status, incident_id: None, destination_id: None, reason })
+        .send(SetStatus { caller: Some(caller.0.clone()), status, incident_id: None, destination: None, reason })
         .await
         .map_err(mailbox)??;
     Ok(HttpResponse::Ok().json(unit_json(&unit)))

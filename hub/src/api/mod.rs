@@ -11,6 +11,7 @@ pub mod error;
 pub mod extract;
 pub mod facilities;
 pub mod fhir_pharmacy;
+pub mod incidents;
 pub mod patients;
 pub mod pharmacy;
 pub mod schedules;
@@ -27,4 +28,5 @@ pub fn routes(cfg: &mut web::ServiceConfig, fault_injection: bool) {
     pharmacy::routes(cfg);
     fhir_pharmacy::routes(cfg);
     ambulances::routes(cfg);
+    incidents::routes(cfg);
 }

@@ -1,0 +1,548 @@
+//! The `Dispatch` actor: one per tenant, the single writer of its incidents and of which unit
+//! serves which. An incident (a call-taker's report or a patient's SOS) gets the available unit
+//! with the shortest estimated time of arrival (great-circle distance over an assumed speed) and
+//! a destination (the nearest facility with a free emergency bed). The unit is told over its
+//! command topic and must acknowledge (report `ack` or `en_route`) within the configured time, or
+//! the incident goes to the next unit. Every step is an event on the tenant's map topic (the
+//! incident's timeline), committed with its audit entry.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use actix::prelude::*;
+use chrono::{DateTime, SubsecRound, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sqlx::{PgPool, Row};
+use tracing::{info, info_span, warn, Instrument};
+use uuid::Uuid;
+
+use crate::ambulance::{AmbulanceActor, GetUnit, SetStatus, UnitStatus};
+use crate::audit::AuditRecord;
+use crate::devices::UnitCommands;
+use crate::domain::{Caller, GeoPoint, TenantSlug};
+use crate::error::ActorError;
+use crate::metrics::ActorMetrics;
+use crate::schedule::distance_km;
+use crate::store::{self, EventDraft};
+use crate::tenant::{AmbulanceAddr, TenantSupervisor};
+use crate::topics;
+
+pub const ACTOR: &str = "dispatch";
+
+#[derive(Debug, Clone)]
+pub struct DispatchConfig {
+    /// How long a unit has to acknowledge a dispatch before the next unit is asked.
+    pub ack_timeout: Duration,
+    /// The speed estimated times of arrival assume.
+    pub speed_kmh: f64,
+    /// Within this distance of its destination, a transporting unit has arrived.
+    pub geofence_m: f64,
+}
+
+/// Where dispatch commands go; set once the device gateway runs (until then commands are logged).
+#[derive(Clone, Default)]
+pub struct CommandsSlot(Arc<OnceLock<Arc<dyn UnitCommands>>>);
+
+impl CommandsSlot {
+    pub fn set(&self, commands: Arc<dyn UnitCommands>) {
+        let _ = self.0.set(commands);
+    }
+
+    fn get(&self) -> Option<Arc<dyn UnitCommands>> {
+        self.0.get().cloned()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Priority {
+    Critical,
+    Urgent,
+    Routine,
+}
+
+/// An incident as the dispatch actor holds it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Incident {
+    pub id: Uuid,
+    pub status: String,
+    pub priority: Priority,
+    pub location: GeoPoint,
+    pub description: String,
+    pub patient_id: Option<Uuid>,
+    pub unit_id: Option<Uuid>,
+    pub destination_id: Option<Uuid>,
+    pub tried_units: Vec<Uuid>,
+    pub dispatched_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Incident {
+    fn is_open(&self) -> bool {
+        !matches!(self.status.as_str(), "closed" | "cancelled")
+    }
+}
+
+fn incident_row(row: &sqlx::postgres::PgRow) -> Result<Incident, sqlx::Error> {
+    let priority: String = row.get("priority");
+    Ok(Incident {
+        id: row.get("id"),
+        status: row.get("status"),
+        priority: serde_json::from_value(Value::String(priority)).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+        location: GeoPoint::new(row.get("latitude"), row.get("longitude")).map_err(|e| sqlx::Error::Decode(e.into()))?,
+        description: row.get("description"),
+        patient_id: row.get("patient_id"),
+        unit_id: row.get("unit_id"),
+        destination_id: row.get("destination_id"),
+        tried_units: row.get("tried_units"),
+        dispatched_at: row.get("dispatched_at"),
+        created_at: row.get("created_at"),
+        updated_at: row.get("updated_at"),
+    })
+}
+
+const INCIDENT_COLUMNS: &str =
+    "id, status, priority, latitude, longitude, description, patient_id, unit_id, destination_id, tried_units, dispatched_at, created_at, updated_at";
+
+pub async fn list_incidents(pool: &PgPool, tenant_id: Uuid, open_only: bool) -> Result<Vec<Incident>, sqlx::Error> {
+    let rows = sqlx::query(&format!(
+        "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE tenant_id = $1 AND (NOT $2 OR status NOT IN ('closed', 'cancelled'))
+         ORDER BY created_at DESC LIMIT 500"
+    ))
+    .bind(tenant_id)
+    .bind(open_only)
+    .fetch_all(pool)
+    .await?;
+    rows.iter().map(incident_row).collect()
+}
+
+/// An incident's timeline: its events, oldest first.
+pub async fn timeline(pool: &PgPool, tenant_id: Uuid, incident_id: Uuid) -> Result<Vec<Value>, sqlx::Error> {
+    let rows = sqlx::query("SELECT event_type, data, created_at FROM events WHERE tenant_id = $1 AND stream = $2 ORDER BY stream_seq")
+        .bind(tenant_id)
+        .bind(format!("incident/{incident_id}"))
+        .fetch_all(pool)
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| json!({"type": row.get::<String, _>("event_type"), "at": row.get::<DateTime<Utc>, _>("created_at"), "data": row.get::<Value, _>("data")}))
+        .collect())
+}
+
+/// The nearest facility with a free emergency bed, and where it is.
+async fn nearest_destination(pool: &PgPool, tenant_id: Uuid, from: GeoPoint) -> Result<Option<(Uuid, String, GeoPoint)>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT f.id, f.name, f.latitude, f.longitude FROM facilities f
+         WHERE f.tenant_id = $1 AND EXISTS (SELECT 1 FROM beds b JOIN wards w ON w.id = b.ward_id
+                                             WHERE b.facility_id = f.id AND w.kind = 'emergency' AND b.status = 'free')",
+    )
+    .bind(tenant_id)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .iter()
+        .filter_map(|row| Some((row.get::<Uuid, _>("id"), row.get::<String, _>("name"), GeoPoint::new(row.get("latitude"), row.get("longitude")).ok()?)))
+        .min_by(|a, b| distance_km(from, a.2).total_cmp(&distance_km(from, b.2))))
+}
+
+/// One step of an incident, committed: the row, the event on the map topic, the audit entry.
+async fn commit_step(pool: &PgPool, tenant_id: Uuid, tenant: &TenantSlug, incident: &Incident, version: i64, event: &'static str, detail: Value, audit: AuditRecord, metrics: &ActorMetrics) -> Result<(), ActorError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "INSERT INTO incidents (id, tenant_id, status, priority, latitude, longitude, description, patient_id, unit_id, destination_id,
+                                tried_units, dispatched_at, created_by, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+         ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, unit_id = EXCLUDED.unit_id, destination_id = EXCLUDED.destination_id,
+                                        tried_units = EXCLUDED.tried_units, dispatched_at = EXCLUDED.dispatched_at, updated_at = EXCLUDED.updated_at",
+    )
+    .bind(incident.id)
+    .bind(tenant_id)
+    .bind(&incident.status)
+    .bind(serde_json::to_value(incident.priority).ok().and_then(|v| v.as_str().map(str::to_owned)))
+    .bind(incident.location.lat())
+    .bind(incident.location.lon())
+    .bind(&incident.description)
+    .bind(incident.patient_id)
+    .bind(incident.unit_id)
+    .bind(incident.destination_id)
+    .bind(&incident.tried_units)
+    .bind(incident.dispatched_at)
+    .bind(&audit.actor_id)
+    .bind(incident.created_at)
+    .bind(incident.updated_at)
+    .execute(&mut *tx)
+    .await?;
+    let draft = EventDraft {
+        stream: format!("incident/{}", incident.id),
+        expected_version: version - 1,
+        topic: topics::map_topic(tenant),
+        event_type: event,
+        data: json!({"incident": incident, "detail": detail}),
+    };
+    store::commit_command(tx, tenant_id, &draft, &audit.patient(incident.patient_id), None, metrics, ACTOR).await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The actor
+
+pub struct DispatchActor {
+    tenant_id: Uuid,
+    tenant: TenantSlug,
+    pool: PgPool,
+    metrics: ActorMetrics,
+    config: DispatchConfig,
+    commands: CommandsSlot,
+    supervisor: Addr<TenantSupervisor>,
+    /// Open incidents and the version (stream length) of each.
+    incidents: HashMap<Uuid, (Incident, i64)>,
+    loaded: bool,
+}
+
+impl DispatchActor {
+    pub(crate) fn new(tenant_id: Uuid, tenant: TenantSlug, pool: PgPool, metrics: ActorMetrics, config: DispatchConfig, commands: CommandsSlot, supervisor: Addr<TenantSupervisor>) -> Self {
+        DispatchActor { tenant_id, tenant, pool, metrics, config, commands, supervisor, incidents: HashMap::new(), loaded: false }
+    }
+
+    fn system_record(&self, action: &str, incident: Uuid) -> AuditRecord {
+        AuditRecord::by_system(action, "incident", incident)
+    }
+}
+
+impl Actor for DispatchActor {
+    type Context = Context<Self>;
+
+    /// Loads the open incidents; one still waiting for an acknowledgement gets its timer back.
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let (pool, tenant_id) = (self.pool.clone(), self.tenant_id);
+        ctx.wait(
+            async move {
+                let open = list_incidents(&pool, tenant_id, true).await?;
+                let mut loaded = Vec::new();
+                for incident in open {
+                    let version: i64 = sqlx::query_scalar("SELECT COALESCE(max(stream_seq), 0) FROM events WHERE stream = $1")
+                        .bind(format!("incident/{}", incident.id))
+                        .fetch_one(&pool)
+                        .await?;
+                    loaded.push((incident, version));
+                }
+                Ok::<_, sqlx::Error>(loaded)
+            }
+            .into_actor(self)
+            .map(|loaded, actor, ctx| match loaded {
+                Ok(loaded) => {
+                    for (incident, version) in loaded {
+                        if incident.status == "dispatched" {
+                            let waited = incident.dispatched_at.map_or(Duration::ZERO, |at| (Utc::now() - at).to_std().unwrap_or_default());
+                            actor.arm_ack_timer(incident.id, incident.unit_id, actor.config.ack_timeout.saturating_sub(waited), ctx);
+                        }
+                        actor.incidents.insert(incident.id, (incident, version));
+                    }
+                    actor.loaded = true;
+                }
+                Err(e) => warn!(tenant = %actor.tenant, error = %e, "cannot load open incidents; dispatch refuses commands until restart"),
+            }),
+        );
+    }
+}
+
+impl actix::Supervised for DispatchActor {
+    fn restarting(&mut self, _ctx: &mut Context<Self>) {
+        self.metrics.restarts.with_label_values(&[ACTOR]).inc();
+        self.incidents.clear();
+        self.loaded = false;
+    }
+}
+
+impl DispatchActor {
+    fn arm_ack_timer(&self, incident_id: Uuid, unit_id: Option<Uuid>, after: Duration, ctx: &mut Context<Self>) {
+        if let Some(unit_id) = unit_id {
+            ctx.notify_later(AckTimeout { incident_id, unit_id }, after);
+        }
+    }
+
+    /// Commits a step and installs the incident; answers with it.
+    fn step(&mut self, mut incident: Incident, event: &'static str, detail: Value, audit: AuditRecord) -> ResponseActFuture<Self, Result<Incident, ActorError>> {
+        incident.updated_at = Utc::now().trunc_subsecs(6);
+        let version = self.incidents.get(&incident.id).map_or(0, |(_, v)| *v) + 1;
+        let (pool, tenant_id, tenant, metrics) = (self.pool.clone(), self.tenant_id, self.tenant.clone(), self.metrics.clone());
+        let span = info_span!("command", tenant = %self.tenant, actor = ACTOR, incident_id = %incident.id, event);
+        let saved = incident.clone();
+        Box::pin(
+            async move { commit_step(&pool, tenant_id, &tenant, &saved, version, event, detail, audit, &metrics).await }
+                .instrument(span)
+                .into_actor(self)
+                .map(move |committed, actor, _ctx| {
+                    committed?;
+                    if incident.is_open() {
+                        actor.incidents.insert(incident.id, (incident.clone(), version));
+                    } else {
+                        actor.incidents.remove(&incident.id);
+                    }
+                    Ok(incident)
+                }),
+        )
+    }
+
+    /// Finds the available unit with the shortest ETA (not yet tried for this incident), marks it
+    /// dispatched, commits the assignment, tells the unit, and arms the acknowledgement timer.
+    fn dispatch_next(&mut self, incident_id: Uuid, caller: Option<Caller>) -> ResponseActFuture<Self, Result<Incident, ActorError>> {
+        let Some((incident, _)) = self.incidents.get(&incident_id).cloned() else {
+            return Box::pin(fut::ready(Err(ActorError::NotFound("incident"))));
+        };
+        let (pool, tenant_id, tenant, supervisor, speed) = (self.pool.clone(), self.tenant_id, self.tenant.clone(), self.supervisor.clone(), self.config.speed_kmh);
+        let choose = async move {
+            let units: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM ambulances WHERE tenant_id = $1 AND status = 'available'")
+                .bind(tenant_id)
+                .fetch_all(&pool)
+                .await?;
+            let mut candidates = Vec::new();
+            for unit_id in units.into_iter().filter(|id| !incident.tried_units.contains(id)) {
+                let actor: Addr<AmbulanceActor> = supervisor.send(AmbulanceAddr(unit_id)).await??;
+                let unit = actor.send(GetUnit).await??;
+                if let (UnitStatus::Available, Some(fix)) = (unit.status, unit.position) {
+                    let km = distance_km(fix.position, incident.location);
+                    candidates.push((km / speed.max(1.0) * 60.0, km, unit_id, actor));
+                }
+            }
+            candidates.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let destination = nearest_destination(&pool, tenant_id, incident.location).await?;
+            for (eta_minutes, km, unit_id, actor) in candidates {
+                let dispatched = actor
+                    .send(SetStatus {
+                        caller: caller.clone(),
+                        status: UnitStatus::Dispatched,
+                        incident_id: Some(incident.id),
+                        destination: destination.as_ref().map(|(id, _, at)| (*id, *at)),
+                        reason: format!("dispatched to incident {} ({:.1} km, ETA {:.0} min)", incident.id, km, eta_minutes),
+                    })
+                    .await?;
+                if dispatched.is_ok() {
+                    return Ok::<_, ActorError>(Some((unit_id, eta_minutes, km, destination.clone())));
+                }
+            }
+            Ok(None)
+        };
+        let _ = tenant;
+        Box::pin(choose.into_actor(self).then(move |chosen, actor, ctx| {
+            let Some((mut incident, _)) = actor.incidents.get(&incident_id).cloned() else {
+                return Box::pin(fut::ready(Err(ActorError::NotFound("incident")))) as ResponseActFuture<Self, _>;
+            };
+            match chosen {
+                Err(e) => Box::pin(fut::ready(Err(e))),
+                Ok(None) => {
+                    incident.status = "unassigned".to_owned();
+                    incident.unit_id = None;
+                    let record = actor.system_record("incident.unassigned", incident.id);
+                    actor.step(incident, "incident.unassigned", json!({"reason": "no available unit with a known position"}), record)
+                }
+                Ok(Some((unit_id, eta_minutes, km, destination))) => {
+                    incident.status = "dispatched".to_owned();
+                    incident.unit_id = Some(unit_id);
+                    incident.tried_units.push(unit_id);
+                    incident.dispatched_at = Some(Utc::now().trunc_subsecs(6));
+                    incident.destination_id = destination.as_ref().map(|d| d.0);
+                    let command = json!({
+                        "type": "dispatch", "incident_id": incident.id, "priority": incident.priority,
+                        "lat": incident.location.lat(), "lon": incident.location.lon(), "description": incident.description,
+                        "destination": destination.as_ref().map(|(id, name, at)| json!({"id": id, "name": name, "lat": at.lat(), "lon": at.lon()})),
+                    });
+                    actor.send_command(unit_id, command);
+                    actor.arm_ack_timer(incident.id, Some(unit_id), actor.config.ack_timeout, ctx);
+                    let detail = json!({"unit_id": unit_id, "eta_minutes": (eta_minutes * 10.0).round() / 10.0, "distance_km": (km * 100.0).round() / 100.0,
+                                        "destination": destination.map(|(id, name, _)| json!({"id": id, "name": name}))});
+                    let record = actor.system_record("incident.dispatch", incident.id).detail(detail.clone());
+                    actor.step(incident, "incident.dispatched", detail, record)
+                }
+            }
+        }))
+    }
+
+    fn send_command(&self, unit_id: Uuid, payload: Value) {
+        match self.commands.get() {
+            Some(commands) => {
+                let (tenant, span) = (self.tenant.clone(), info_span!("unit_command", tenant = %self.tenant, %unit_id));
+                actix::spawn(
+                    async move {
+                        if let Err(e) = commands.send(&tenant, unit_id, payload).await {
+                            warn!(error = %e, "dispatch command not sent; the acknowledgement timeout will move on");
+                        }
+                    }
+                    .instrument(span),
+                );
+            }
+            None => info!(tenant = %self.tenant, %unit_id, "no device gateway: dispatch command not sent"),
+        }
+    }
+}
+
+/// Opens an incident and (unless `propose_only`) dispatches the best unit at once.
+#[derive(Message)]
+#[rtype(result = "Result<Incident, ActorError>")]
+pub struct CreateIncident {
+    pub caller: Caller,
+    pub location: GeoPoint,
+    pub priority: Priority,
+    pub description: String,
+    pub patient_id: Option<Uuid>,
+}
+
+impl Handler<CreateIncident> for DispatchActor {
+    type Result = ResponseActFuture<Self, Result<Incident, ActorError>>;
+
+    fn handle(&mut self, msg: CreateIncident, _ctx: &mut Context<Self>) -> Self::Result {
+        if !self.loaded {
+            return Box::pin(fut::ready(Err(ActorError::Unavailable("dispatch is loading; retry shortly".to_owned()))));
+        }
+        let at = Utc::now().trunc_subsecs(6);
+        let incident = Incident {
+            id: Uuid::new_v4(),
+            status: "open".to_owned(),
+            priority: msg.priority,
+            location: msg.location,
+            description: msg.description.clone(),
+            patient_id: msg.patient_id,
+            unit_id: None,
+            destination_id: None,
+            tried_units: Vec::new(),
+            dispatched_at: None,
+            created_at: at,
+            updated_at: at,
+        };
+        let id = incident.id;
+        let record = AuditRecord::by_caller(&msg.caller, "incident.create", "incident", id)
+            .detail(json!({"priority": msg.priority, "lat": msg.location.lat(), "lon": msg.location.lon()}));
+        let caller = msg.caller.clone();
+        Box::pin(self.step(incident, "incident.created", json!({"description": msg.description}), record).then(move |created, actor, _ctx| {
+            match created {
+                Ok(_) => actor.dispatch_next(id, Some(caller)),
+                Err(e) => Box::pin(fut::ready(Err(e))),
+            }
+        }))
+    }
+}
+
+/// A unit's status changed (told by its actor): the incident it serves follows.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct UnitProgress {
+    pub unit_id: Uuid,
+    pub incident_id: Option<Uuid>,
+    pub status: UnitStatus,
+}
+
+impl Handler<UnitProgress> for DispatchActor {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, msg: UnitProgress, _ctx: &mut Context<Self>) -> Self::Result {
+        let Some((mut incident, _)) = self.incidents.values().find(|(i, _)| i.unit_id == Some(msg.unit_id)).cloned() else {
+            return Box::pin(fut::ready(()));
+        };
+        let (status, event) = match msg.status {
+            UnitStatus::EnRoute => ("en_route", "incident.acknowledged"),
+            UnitStatus::OnScene => ("on_scene", "incident.on_scene"),
+            UnitStatus::Transporting => ("transporting", "incident.transporting"),
+            UnitStatus::AtHospital => ("at_hospital", "incident.at_hospital"),
+            UnitStatus::Available if incident.status == "at_hospital" || incident.status == "on_scene" => ("closed", "incident.closed"),
+            _ => return Box::pin(fut::ready(())),
+        };
+        if incident.status == status {
+            return Box::pin(fut::ready(()));
+        }
+        incident.status = status.to_owned();
+        let record = self.system_record(event, incident.id).detail(json!({"unit_id": msg.unit_id}));
+        Box::pin(self.step(incident, event, json!({"unit_id": msg.unit_id}), record).map(|done, actor, _ctx| {
+            if let Err(e) = done {
+                warn!(tenant = %actor.tenant, error = %e, "incident progress not recorded");
+            }
+        }))
+    }
+}
+
+/// The acknowledgement time of a dispatch ran out (if the unit is still only "dispatched").
+#[derive(Message)]
+#[rtype(result = "()")]
+struct AckTimeout {
+    incident_id: Uuid,
+    unit_id: Uuid,
+}
+
+impl Handler<AckTimeout> for DispatchActor {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, msg: AckTimeout, _ctx: &mut Context<Self>) -> Self::Result {
+        let still_waiting = self.incidents.get(&msg.incident_id).is_some_and(|(i, _)| i.status == "dispatched" && i.unit_id == Some(msg.unit_id));
+        if !still_waiting {
+            return Box::pin(fut::ready(()));
+        }
+        info!(tenant = %self.tenant, incident_id = %msg.incident_id, unit_id = %msg.unit_id, "no acknowledgement in time; asking the next unit");
+        let supervisor = self.supervisor.clone();
+        let release = async move {
+            let actor: Addr<AmbulanceActor> = supervisor.send(AmbulanceAddr(msg.unit_id)).await??;
+            actor
+                .send(SetStatus { caller: None, status: UnitStatus::Available, incident_id: None, destination: None, reason: "dispatch not acknowledged in time".into() })
+                .await??;
+            Ok::<_, ActorError>(())
+        };
+        let incident_id = msg.incident_id;
+        Box::pin(release.into_actor(self).then(move |released, actor, _ctx| {
+            if let Err(e) = released {
+                warn!(tenant = %actor.tenant, error = %e, "could not release the silent unit");
+            }
+            let Some((mut incident, _)) = actor.incidents.get(&incident_id).cloned() else {
+                return Box::pin(fut::ready(())) as ResponseActFuture<Self, ()>;
+            };
+            incident.status = "open".to_owned();
+            incident.unit_id = None;
+            let record = actor.system_record("incident.reassign", incident.id).detail(json!({"silent_unit": msg.unit_id}));
+            Box::pin(actor.step(incident, "incident.reassigning", json!({"silent_unit": msg.unit_id}), record).then(move |_, actor, _ctx| {
+                actor.dispatch_next(incident_id, None).map(|result, actor: &mut Self, _ctx| {
+                    if let Err(e) = result {
+                        warn!(tenant = %actor.tenant, error = %e, "reassignment failed");
+                    }
+                })
+            }))
+        }))
+    }
+}
+
+/// Cancels an open incident; its unit (if any) becomes available.
+#[derive(Message)]
+#[rtype(result = "Result<Incident, ActorError>")]
+pub struct CancelIncident {
+    pub caller: Caller,
+    pub incident_id: Uuid,
+    pub reason: String,
+}
+
+impl Handler<CancelIncident> for DispatchActor {
+    type Result = ResponseActFuture<Self, Result<Incident, ActorError>>;
+
+    fn handle(&mut self, msg: CancelIncident, _ctx: &mut Context<Self>) -> Self::Result {
+        let Some((mut incident, _)) = self.incidents.get(&msg.incident_id).cloned() else {
+            return Box::pin(fut::ready(Err(ActorError::NotFound("open incident"))));
+        };
+        let unit = incident.unit_id;
+        if let Some(unit_id) = unit {
+            self.send_command(unit_id, json!({"type": "stand_down", "incident_id": incident.id}));
+        }
+        incident.status = "cancelled".to_owned();
+        let record = AuditRecord::by_caller(&msg.caller, "incident.cancel", "incident", incident.id).detail(json!({"reason": msg.reason}));
+        let (supervisor, caller) = (self.supervisor.clone(), msg.caller.clone());
+        Box::pin(self.step(incident, "incident.cancelled", json!({"reason": msg.reason}), record).then(move |cancelled, actor, _ctx| {
+            let release = async move {
+                if let (Ok(_), Some(unit_id)) = (&cancelled, unit) {
+                    let unit: Addr<AmbulanceActor> = supervisor.send(AmbulanceAddr(unit_id)).await??;
+                    let _ = unit
+                        .send(SetStatus { caller: Some(caller), status: UnitStatus::Available, incident_id: None, destination: None, reason: "incident cancelled".into() })
+                        .await?;
+                }
+                cancelled
+            };
+            release.into_actor(actor)
+        }))
+    }
+}
