@@ -489,3 +489,42 @@ async fn refills_cancellations_and_fhir_views_follow_the_prescription() {
     assert_eq!(reads, 2);
     assert_eq!(world.hub.login(&world.tenant, Role::Dispatcher).await.get(&format!("/fhir/MedicationRequest/{id}")).await.unwrap().status, 403);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stock_adjustments_need_a_reason_and_never_take_reserved_units() {
+    let world = World::start(1).await;
+    let pharmacy = world.facility.id;
+    let pharmacist = world.hub.login(&world.tenant, Role::Pharmacist).await;
+    let medication = world.db.medication(&world.tenant, "Ibuprofen 400 mg tablet", "ibuprofen", "M01AE01", "2.50").await;
+    let batch = pharmacist.receive_batch(pharmacy, medication, "IBU-9", 300, 20).await;
+    let patient = world.db.patients(&world.tenant, 1).await[0];
+    let doctor = world.hub.login(&world.tenant, Role::Doctor).await;
+    doctor.post("/api/prescriptions", prescription(patient, medication, pharmacy, 15)).await.unwrap().expect(201);
+
+    let path = format!("/api/inventory/{batch}");
+    for (body, field) in [
+        (json!({"delta": -1, "reason": "lost"}), "reason"),
+        (json!({"delta": 0, "reason": "count"}), "delta"),
+        (json!({"delta": "many", "reason": "count"}), "delta"),
+        (json!({"delta": -1, "reason": "count", "colour": "red"}), "colour"),
+    ] {
+        let refused = pharmacist.put(&path, body.clone()).await.unwrap();
+        assert_eq!((refused.status, refused.body["field"].as_str()), (400, Some(field)), "{body} → {}", refused.body);
+    }
+    let too_many = pharmacist.put(&path, json!({"delta": -6, "reason": "damage"})).await.unwrap();
+    assert_eq!(too_many.status, 409, "only 5 units are not reserved: {}", too_many.body);
+    let counted = pharmacist.put(&path, json!({"delta": -5, "reason": "damage", "note": "water damage"})).await.unwrap().ok();
+    assert_eq!((counted["on_hand"].as_i64(), counted["reserved"].as_i64(), counted["available"].as_i64()), (Some(15), Some(15), Some(0)));
+    let removal = world.db.pool.clone();
+    let refused = pharmacist.send(reqwest::Method::DELETE, &path, Some(common::RawBody::Json(json!({"reason": "disposal"})))).await.unwrap();
+    assert_eq!(refused.status, 409, "reserved units block a removal");
+    let no_reason = pharmacist.post(&format!("{path}/recall"), json!({"reason": ""})).await.unwrap();
+    assert_eq!((no_reason.status, no_reason.body["field"].as_str()), (400, Some("reason")));
+    assert_eq!(world.nurse.put(&path, json!({"delta": 1, "reason": "count"})).await.unwrap().status, 403);
+    let audited: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = 'batch.adjust' AND resource_id = $1")
+        .bind(batch.to_string())
+        .fetch_one(&removal)
+        .await
+        .unwrap();
+    assert_eq!(audited, 1);
+}

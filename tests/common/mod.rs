@@ -195,12 +195,21 @@ fn start_hub(binary: &Path, options: HubOptions) -> anyhow::Result<Hub> {
             }
         });
     }
-    let url = match url_rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(url) => url,
-        Err(_) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("the hub did not start listening within 60 s; it logged:\n{}", logs.lock().expect("log lock").join("\n"));
+    // Wait for the listening line, but give up at once if the hub exits (and show why).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let url = loop {
+        match url_rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(url) => break url,
+            Err(_) => {
+                let exited = child.try_wait().ok().flatten();
+                if exited.is_some() || Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    std::thread::sleep(Duration::from_millis(100)); // let the readers drain
+                    let why = exited.map_or_else(|| "did not start listening within 60 s".to_owned(), |status| format!("exited ({status})"));
+                    bail!("the hub {why}; it logged:\n{}", logs.lock().expect("log lock").join("\n"));
+                }
+            }
         }
     };
     let ws_url = format!("{}/ws", url.replacen("http://", "ws://", 1));
