@@ -1,7 +1,7 @@
 // The console's shell: the sign-in page, then the frame every page sits in (navigation by role,
 // the signed-in user, the live connection's status, sign out) and the hash router (#/beds,
-// #/schedule, #/book, #/my, #/audit, #/home) that mounts one page at a time into it. Pages live
-// in their own modules.
+// #/schedule, #/book, #/stock, #/dispense, #/my, #/audit) that mounts one page at a time into it.
+// Pages live in their own modules.
 
 import * as api from './api.js';
 import { LiveConnection } from './live.js';
@@ -10,6 +10,8 @@ import { mountSchedule } from './schedule.js';
 import { mountBooking } from './booking.js';
 import { mountMyAppointments } from './my-appointments.js';
 import { mountAudit } from './audit.js';
+import { mountStock } from './stock.js';
+import { mountDispensing } from './dispensing.js';
 import { h, replaceChildren } from './dom.js';
 
 // The appointment pages' styles live in their own sheet (same origin, so the CSP allows it).
@@ -24,9 +26,11 @@ const PAGES = [
   { id: 'beds', title: 'Bed board', roles: ['admin', 'nurse', 'doctor', 'dispatcher'], live: true, mount: mountBedBoard },
   { id: 'schedule', title: 'Schedule', roles: ['doctor', 'nurse', 'admin'], live: true, mount: mountSchedule },
   { id: 'book', title: 'Book', roles: ['admin', 'nurse', 'doctor'], live: true, mount: mountBooking },
+  // Stock comes before Dispensing: the pharmacist's home is the stock board.
+  { id: 'stock', title: 'Stock', roles: ['pharmacist', 'admin', 'doctor'], live: true, mount: mountStock },
+  { id: 'dispense', title: 'Dispensing', roles: ['pharmacist'], live: true, mount: mountDispensing },
   { id: 'my', title: 'My appointments', roles: ['patient'], live: true, mount: mountMyAppointments },
   { id: 'audit', title: 'Audit trail', roles: ['admin'], mount: mountAudit },
-  { id: 'home', title: 'Home', roles: ['pharmacist'], mount: mountComingSoon },
 ];
 
 const app = document.getElementById('app');
@@ -225,29 +229,6 @@ window.addEventListener('hashchange', () => {
   // Only "#/page" addresses are routes; other fragments are left alone.
   if (location.hash.startsWith('#/')) route();
 });
-
-// ---------------------------------------------------------------------------------------------
-// Pages that are not built yet
-
-const COMING = {
-  pharmacist: {
-    title: 'The pharmacy area is on its way',
-    text: 'Stock levels, batches and expiry dates, and dispensing will appear here. Nothing needs doing here yet.',
-  },
-};
-
-function mountComingSoon(container, { user }) {
-  const copy = COMING[user.role] || { title: 'Your area is on its way', text: 'Nothing needs doing here yet.' };
-  replaceChildren(container, h('section', { class: 'coming', 'aria-labelledby': 'page-title' },
-    h('header', { class: 'page-header' },
-      h('div', {}, h('h1', { id: 'page-title', tabindex: '-1' }, `Welcome, ${user.display_name || user.email}`))),
-    h('div', { class: 'card coming__card' },
-      h('span', { class: 'coming__icon', 'aria-hidden': 'true' }),
-      h('h2', {}, copy.title),
-      h('p', {}, copy.text),
-      h('p', { class: 'muted' }, `You are signed in as ${ROLE_LABELS[user.role] || user.role} at ${user.tenant?.name || user.tenant?.slug}.`))));
-  return null;
-}
 
 // ---------------------------------------------------------------------------------------------
 // Start

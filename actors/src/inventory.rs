@@ -369,19 +369,21 @@ async fn commit_plan(pool: &PgPool, tenant_id: Uuid, tenant: &TenantSlug, plan: 
         }
         BatchChange::Recalled { .. } => {
             sqlx::query("DELETE FROM reservations WHERE batch_id = $1").bind(next.id).execute(&mut *tx).await?;
-            let alert = json!({"reason": plan.audit.detail["reason"], "batch_number": next.batch_number});
+            let (alert_id, detail) = (Uuid::new_v4(), json!({"reason": plan.audit.detail["reason"], "batch_number": next.batch_number}));
             sqlx::query(
                 "INSERT INTO stock_alerts (id, tenant_id, pharmacy_id, medication_id, batch_id, kind, detail, status, raised_at)
                  VALUES ($1, $2, $3, $4, $5, 'recall', $6, 'open', now())",
             )
-            .bind(Uuid::new_v4())
+            .bind(alert_id)
             .bind(tenant_id)
             .bind(next.pharmacy_id)
             .bind(next.medication_id)
             .bind(next.id)
-            .bind(alert)
+            .bind(&detail)
             .execute(&mut *tx)
             .await?;
+            let data = json!({"id": alert_id, "kind": "recall", "pharmacy_id": next.pharmacy_id, "medication_id": next.medication_id, "batch_id": next.id, "detail": detail});
+            store::publish_copy(&mut tx, tenant_id, &topics::stock_topic(tenant, next.pharmacy_id), "stock.alert", &data).await?;
         }
         _ => {}
     }
