@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use medhub_device_gateway::{Broker, GatewayConfig, DEFAULT_MAX_PACKET_BYTES};
 use serde::Deserialize;
 
 /// Options shared by every command. Each field is optional here; [`Settings`] holds the resolved
@@ -121,6 +122,20 @@ pub struct ConfigArgs {
     #[arg(long, env = "MEDHUB_ARRIVAL_GEOFENCE_M", global = true)]
     pub arrival_geofence_m: Option<f64>,
 
+    /// Address of the embedded MQTT endpoint devices connect to [default: 127.0.0.1:1883; if that
+    /// is taken, a free port]. Port 0 picks a free one.
+    #[arg(long, env = "MEDHUB_MQTT_LISTEN", global = true)]
+    pub mqtt_listen: Option<SocketAddr>,
+
+    /// Use this MQTT broker instead of the embedded endpoint, as a client:
+    /// mqtt://user:password@host:port (the broker's own ACL then confines devices).
+    #[arg(long, env = "MEDHUB_MQTT_BROKER_URL", global = true, hide_env_values = true)]
+    pub mqtt_broker_url: Option<String>,
+
+    /// Largest MQTT packet a device may send, in bytes; larger ones are refused and counted [default: 65536].
+    #[arg(long, env = "MEDHUB_MQTT_MAX_PACKET_BYTES", global = true)]
+    pub mqtt_max_packet_bytes: Option<usize>,
+
     /// Seconds graceful shutdown waits for in-flight requests [default: 10].
     #[arg(long, env = "MEDHUB_SHUTDOWN_TIMEOUT_SECS", global = true)]
     pub shutdown_timeout_secs: Option<u64>,
@@ -172,6 +187,8 @@ pub struct Settings {
     pub dispatch_ack_timeout: Duration,
     pub dispatch_speed_kmh: f64,
     pub arrival_geofence_m: f64,
+    /// The device gateway: embedded endpoint or external broker, and the packet limit.
+    pub mqtt: GatewayConfig,
     pub shutdown_timeout: Duration,
     pub log: String,
     pub log_format: LogFormat,
@@ -195,6 +212,7 @@ impl Settings {
             access_token_ttl_secs, refresh_token_ttl_secs, snapshot_every, actor_threads, http_workers,
             ws_queue_capacity, ws_heartbeat_secs, ws_client_timeout_secs, ws_session_check_secs, ws_replay_limit, reminder_lead_secs,
             reminder_sweep_secs, expiry_alert_days, expiry_sweep_secs, dispatch_ack_timeout_secs, dispatch_speed_kmh, arrival_geofence_m,
+            mqtt_listen, mqtt_broker_url, mqtt_max_packet_bytes,
             shutdown_timeout_secs,
             log, log_format, enable_fault_injection);
 
@@ -213,6 +231,16 @@ impl Settings {
                 bail!("{name} must be greater than 0");
             }
             Ok(value)
+        };
+        let max_packet_bytes = mqtt_max_packet_bytes.unwrap_or(DEFAULT_MAX_PACKET_BYTES);
+        if !(1024..=16 * 1024 * 1024).contains(&max_packet_bytes) {
+            bail!("mqtt_max_packet_bytes must be between 1024 and 16777216, not {max_packet_bytes}");
+        }
+        let broker = match (mqtt_broker_url.filter(|url| !url.trim().is_empty()), mqtt_listen) {
+            (Some(_), Some(_)) => bail!("mqtt_listen and mqtt_broker_url exclude each other: the hub either is the broker or uses one"),
+            (Some(url), None) => Broker::External { url },
+            // Only the built-in default may move to a free port when taken; an address the operator chose may not.
+            (None, listen) => Broker::Embedded { listen: listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 1883))), any_port_if_taken: listen.is_none() },
         };
         let settings = Settings {
             listen: listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
@@ -242,6 +270,7 @@ impl Settings {
             dispatch_ack_timeout: Duration::from_secs(positive("dispatch_ack_timeout_secs", dispatch_ack_timeout_secs.unwrap_or(30))?),
             dispatch_speed_kmh: in_range("dispatch_speed_kmh", dispatch_speed_kmh.unwrap_or(40.0), 5.0, 200.0)?,
             arrival_geofence_m: in_range("arrival_geofence_m", arrival_geofence_m.unwrap_or(150.0), 10.0, 5000.0)?,
+            mqtt: GatewayConfig { broker, max_packet_bytes },
             shutdown_timeout: Duration::from_secs(shutdown_timeout_secs.unwrap_or(10)),
             log: log.unwrap_or_else(|| "info".to_owned()),
             log_format,
@@ -306,6 +335,22 @@ mod tests {
         let error = Settings::resolve(&cli).unwrap_err();
         assert!(format!("{error:#}").contains("listne"), "{error:#}");
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn devices_meet_the_embedded_endpoint_unless_a_broker_is_named() {
+        let settings = Settings::resolve(&ConfigArgs::default()).unwrap();
+        let default = SocketAddr::from(([127, 0, 0, 1], 1883));
+        assert_eq!(settings.mqtt.broker, Broker::Embedded { listen: default, any_port_if_taken: true });
+        assert_eq!(settings.mqtt.max_packet_bytes, 64 * 1024);
+        let cli = ConfigArgs { mqtt_listen: Some(default), ..Default::default() };
+        assert_eq!(Settings::resolve(&cli).unwrap().mqtt.broker, Broker::Embedded { listen: default, any_port_if_taken: false });
+        let cli = ConfigArgs { mqtt_broker_url: Some("mqtt://hub:pw@broker:1883".into()), ..Default::default() };
+        assert_eq!(Settings::resolve(&cli).unwrap().mqtt.broker, Broker::External { url: "mqtt://hub:pw@broker:1883".into() });
+        let cli = ConfigArgs { mqtt_broker_url: Some("mqtt://broker".into()), mqtt_listen: Some(default), ..Default::default() };
+        assert!(Settings::resolve(&cli).unwrap_err().to_string().contains("mqtt_broker_url"));
+        let cli = ConfigArgs { mqtt_max_packet_bytes: Some(10), ..Default::default() };
+        assert!(Settings::resolve(&cli).unwrap_err().to_string().contains("mqtt_max_packet_bytes"));
     }
 
     #[test]

@@ -24,6 +24,7 @@ use medhub_actors::ambulance::TrackWriter;
 use medhub_actors::dispatch::{CommandsSlot, DispatchConfig};
 use medhub_actors::runtime::{ActorRuntime, RuntimeConfig, Services};
 use medhub_actors::{reminders, MIGRATOR};
+use medhub_device_gateway::Gateway;
 use medhub_realtime::metrics::RealtimeMetrics;
 use medhub_realtime::{ws_endpoint, Broker, Realtime, RealtimeConfig};
 
@@ -32,6 +33,7 @@ use crate::api::error::ApiError;
 use crate::auth::{self, AuthService, WsAuthenticator};
 use crate::config::Settings;
 use crate::console;
+use crate::device_sink::ActorSink;
 use crate::embedded_pg::EmbeddedPostgres;
 use crate::seed;
 use crate::telemetry::{self, HttpMetrics};
@@ -158,6 +160,10 @@ pub async fn serve(settings: Settings, demo: bool) -> anyhow::Result<()> {
         settings.reminder_sweep,
         shutdown_rx.clone(),
     ));
+    // Devices over MQTT: what units say goes to their actors; dispatch commands go back through it.
+    let gateway = Gateway::start(settings.mqtt.clone(), &pool, Arc::new(ActorSink::new(runtime.clone(), &registry)?), &registry)?;
+    commands.set(Arc::new(gateway.handle()));
+    let devices = web::Data::new(gateway.handle());
 
     let state = web::Data::new(AppState { pool: pool.clone(), auth: auth.clone(), runtime: runtime.clone(), registry, http_metrics });
     let realtime = web::Data::new(Realtime {
@@ -184,6 +190,7 @@ pub async fn serve(settings: Settings, demo: bool) -> anyhow::Result<()> {
         App::new()
             .app_data(state.clone())
             .app_data(realtime.clone())
+            .app_data(devices.clone())
             .app_data(web::PathConfig::default().error_handler(|e, _| ApiError::invalid("path", e.to_string()).into()))
             .app_data(web::QueryConfig::default().error_handler(|e, _| {
                 ApiError::BadRequest { code: "invalid_query", field: None, detail: e.to_string() }.into()
@@ -230,6 +237,7 @@ pub async fn serve(settings: Settings, demo: bool) -> anyhow::Result<()> {
         error!(error = %e, "HTTP server task failed");
     }
     let _ = reminder_task.await;
+    gateway.shutdown().await;
     let _ = expiry_task.await;
     let runtime_to_stop = runtime.clone();
     tokio::task::spawn_blocking(move || runtime_to_stop.shutdown()).await?;

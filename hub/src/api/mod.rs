@@ -7,6 +7,7 @@ pub mod ambulances;
 pub mod audit;
 pub mod auth;
 pub mod billing;
+pub mod devices;
 pub mod error;
 pub mod extract;
 pub mod facilities;
@@ -23,6 +24,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, fault_injection: bool) {
     facilities::routes(cfg, fault_injection);
     audit::routes(cfg);
     billing::routes(cfg);
+    devices::routes(cfg, fault_injection);
     patients::routes(cfg);
     schedules::routes(cfg);
     pharmacy::routes(cfg);

@@ -1,0 +1,664 @@
+//! Ambulance units and monitors speaking MQTT to the hub, as their installers and crews would:
+//! an admin registers a device and gets its credentials once; the device connects with them and
+//! may publish only its own unit's telemetry and hear only its own unit's commands; garbage from
+//! one unit is refused and counted while the others keep flowing; a command reaches its unit at
+//! QoS 1. Real MQTT clients (rumqttc, 3.1.1 and 5) against the real hub, and, in external mode,
+//! against Debian's mosquitto confining devices with the files the hub writes.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chrono::{SecondsFormat, Utc};
+use rumqttc::{AsyncClient, ConnAck, ConnectReturnCode, ConnectionError, Event, MqttOptions, Packet, QoS, SubscribeReasonCode};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode as Code5, Packet as Packet5, PubAckReason, SubscribeReasonCode as Sub5};
+use rumqttc::v5::mqttbytes::QoS as QoS5;
+use rumqttc::v5::{AsyncClient as Client5, Event as Event5, MqttOptions as Options5};
+
+use common::{metric, Api, Hub, HubOptions, TestDb, World};
+use medhub_actors::Role;
+
+// ---------------------------------------------------------------------------------------------
+// Helpers: the hub's MQTT address, units and devices through the API, MQTT clients
+
+/// A world whose hub listens for MQTT on a free port and has the test hooks on.
+async fn mqtt_world() -> (World, SocketAddr) {
+    let world = World::start_with(1, |options| options.arg("--mqtt-listen", "127.0.0.1:0").arg("--enable-fault-injection", true)).await;
+    let addr = mqtt_addr(&world.hub).await;
+    (world, addr)
+}
+
+/// Where the hub's embedded endpoint listens, from its `mqtt listening addr=...` log line.
+async fn mqtt_addr(hub: &Hub) -> SocketAddr {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let logs = hub.logs();
+        let found = logs.lines().filter(|line| line.contains("mqtt listening")).find_map(|line| {
+            line.split("addr=").nth(1).and_then(|rest| rest.split_whitespace().next()).and_then(|addr| addr.parse().ok())
+        });
+        if let Some(addr) = found {
+            return addr;
+        }
+        assert!(Instant::now() < deadline, "the hub never logged its MQTT address:\n{logs}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Registers an ambulance unit; its id.
+async fn unit(admin: &Api, call_sign: &str) -> Uuid {
+    let body = admin.post("/api/ambulances", json!({"call_sign": call_sign})).await.unwrap().expect(201);
+    body["id"].as_str().unwrap().parse().unwrap()
+}
+
+/// A registered device's credentials, as the admin received them.
+#[derive(Debug, Clone)]
+struct Login {
+    id: String,
+    username: String,
+    password: String,
+    unit: Uuid,
+    tenant: String,
+}
+
+impl Login {
+    fn topic(&self, leaf: &str) -> String {
+        topic(&self.tenant, self.unit, leaf)
+    }
+}
+
+fn topic(tenant: &str, unit: Uuid, leaf: &str) -> String {
+    format!("medhub/{tenant}/ambulance/{unit}/{leaf}")
+}
+
+async fn device(admin: &Api, tenant: &str, unit: Uuid, kind: &str) -> Login {
+    let body = admin.post("/api/devices", json!({"unit_id": unit, "kind": kind, "name": format!("{kind} of {unit}")})).await.unwrap().expect(201);
+    Login {
+        id: body["id"].as_str().unwrap().to_owned(),
+        username: body["username"].as_str().unwrap().to_owned(),
+        password: body["password"].as_str().unwrap().to_owned(),
+        unit,
+        tenant: tenant.to_owned(),
+    }
+}
+
+fn options(addr: SocketAddr, client_id: &str, username: &str, password: &str) -> MqttOptions {
+    let mut options = MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
+    options.set_credentials(username, password);
+    options.set_keep_alive(Duration::from_secs(30));
+    options.set_max_packet_size(2 * 1024 * 1024, 2 * 1024 * 1024);
+    options
+}
+
+/// One MQTT 3.1.1 client with its event loop polled in the background: what arrived is in
+/// `events`, ending with the error that ended the connection (no reconnection).
+struct Mqtt {
+    client: AsyncClient,
+    events: mpsc::UnboundedReceiver<Result<Packet, String>>,
+    connack: ConnAck,
+}
+
+impl Mqtt {
+    async fn connect(options: MqttOptions) -> Result<Mqtt, ConnectionError> {
+        let (client, mut eventloop) = AsyncClient::new(options, 1024);
+        let connack = loop {
+            match tokio::time::timeout(Duration::from_secs(10), eventloop.poll()).await.expect("CONNACK within 10 s")? {
+                Event::Incoming(Packet::ConnAck(connack)) => break connack,
+                _ => continue,
+            }
+        };
+        let (sender, events) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(packet)) => {
+                        if sender.send(Ok(packet)).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(Event::Outgoing(_)) => {}
+                    Err(error) => {
+                        let _ = sender.send(Err(error.to_string()));
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Mqtt { client, events, connack })
+    }
+
+    async fn login(addr: SocketAddr, login: &Login) -> Mqtt {
+        Mqtt::connect(options(addr, &format!("c-{}", Uuid::new_v4().simple()), &login.username, &login.password)).await.expect("the device connects")
+    }
+
+    /// The next packet from the hub (panics on a closed connection or after 10 s).
+    async fn next(&mut self) -> Packet {
+        match tokio::time::timeout(Duration::from_secs(10), self.events.recv()).await {
+            Ok(Some(Ok(packet))) => packet,
+            other => panic!("expected a packet from the hub, got {other:?}"),
+        }
+    }
+
+    /// Waits for `count` PUBACKs, skipping other packets.
+    async fn pubacks(&mut self, count: usize) {
+        let mut seen = 0;
+        while seen < count {
+            if let Packet::PubAck(_) = self.next().await {
+                seen += 1;
+            }
+        }
+    }
+
+    async fn suback(&mut self) -> Vec<SubscribeReasonCode> {
+        loop {
+            if let Packet::SubAck(ack) = self.next().await {
+                return ack.return_codes;
+            }
+        }
+    }
+
+    /// Waits until the connection ends; the error it ended with.
+    async fn closed(&mut self) -> String {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), self.events.recv()).await {
+                Ok(Some(Ok(_))) => continue,
+                Ok(Some(Err(error))) => return error,
+                Ok(None) => return "event loop ended".to_owned(),
+                Err(_) => panic!("the connection was not closed within 10 s"),
+            }
+        }
+    }
+}
+
+fn refused_with(result: Result<Mqtt, ConnectionError>) -> ConnectReturnCode {
+    match result {
+        Err(ConnectionError::ConnectionRefused(code)) => code,
+        Err(other) => panic!("expected a refused CONNECT, got {other}"),
+        Ok(_) => panic!("expected a refused CONNECT, the device got in"),
+    }
+}
+
+fn now() -> String {
+    Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn gps_fix(lat: f64, lon: f64, fix_time: &str) -> Vec<u8> {
+    json!({"lat": lat, "lon": lon, "speed": 11.5, "heading": 90, "accuracy": 5, "fix_time": fix_time}).to_string().into_bytes()
+}
+
+/// The unit as the dispatcher sees it.
+async fn unit_position(api: &Api, unit: Uuid) -> Value {
+    api.get(&format!("/api/ambulances/{unit}")).await.unwrap().ok()["position"].clone()
+}
+
+/// Polls `/metrics` until `series` reaches `value` (panics after 15 s).
+async fn metric_reaches(hub: &Hub, series: &str, value: f64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let metrics = hub.metrics().await;
+        if metric(&metrics, series) >= value {
+            return metrics;
+        }
+        assert!(Instant::now() < deadline, "{series} never reached {value}:\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The stories
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_registers_a_device_and_sees_its_password_once() {
+    let (world, _) = mqtt_world().await;
+    let admin = &world.admin;
+    let unit = unit(admin, "AMB-01").await;
+
+    let created = admin.post("/api/devices", json!({"unit_id": unit, "kind": "ambulance", "name": "AMB-01 tracker"})).await.unwrap().expect(201);
+    let username = created["username"].as_str().unwrap();
+    assert!(username.starts_with("alpha-ambulance-"), "{created}");
+    assert_eq!(created["password"].as_str().unwrap().len(), 32);
+    assert_eq!(created["active"], true);
+    assert_eq!(created["topics"]["subscribe"], topic("alpha", unit, "cmd"));
+    assert_eq!(created["topics"]["publish"], json!([topic("alpha", unit, "gps"), topic("alpha", unit, "vitals"), topic("alpha", unit, "status")]));
+    let id = created["id"].as_str().unwrap();
+
+    // Bad input names the field at fault.
+    for (body, field) in [
+        (json!({"unit_id": unit, "kind": "drone", "name": "x"}), "kind"),
+        (json!({"unit_id": "unit-7", "kind": "monitor", "name": "x"}), "unit_id"),
+        (json!({"unit_id": Uuid::new_v4(), "kind": "monitor", "name": "x"}), "unit_id"),
+        (json!({"unit_id": unit, "kind": "monitor", "name": "   "}), "name"),
+        (json!({"unit_id": unit, "kind": "monitor"}), "name"),
+        (json!({"unit_id": unit, "kind": "monitor", "name": "x", "password": "mine"}), "password"),
+    ] {
+        let refused = admin.post("/api/devices", body.clone()).await.unwrap();
+        assert_eq!((refused.status, refused.body["field"].as_str()), (400, Some(field)), "{body} → {}", refused.body);
+    }
+
+    // Only admins; the refusal is on the record.
+    assert_eq!(world.nurse.post("/api/devices", json!({"unit_id": unit, "kind": "monitor", "name": "x"})).await.unwrap().status, 403);
+    assert_eq!(world.nurse.get("/api/devices").await.unwrap().status, 403);
+    let trail = admin.get("/api/audit?action=device.register").await.unwrap().ok();
+    let outcomes: Vec<&str> = trail["entries"].as_array().unwrap().iter().map(|entry| entry["outcome"].as_str().unwrap()).collect();
+    assert!(outcomes.contains(&"success") && outcomes.contains(&"denied"), "{trail}");
+
+    // The list never shows a password or its hashes.
+    let listed = admin.get("/api/devices").await.unwrap().ok();
+    let devices = listed["devices"].as_array().unwrap();
+    assert_eq!(devices.len(), 1);
+    assert_eq!(devices[0]["username"], username);
+    let text = listed.to_string();
+    assert!(!text.contains("password") && !text.contains("argon2") && !text.contains("$7$"), "{text}");
+
+    // Deactivation: idempotent, audited, another tenant's device is not found.
+    let deactivated = admin.post(&format!("/api/devices/{id}/deactivate"), Value::Null).await.unwrap().ok();
+    assert_eq!(deactivated["active"], false);
+    assert!(deactivated["deactivated_at"].is_string());
+    admin.post(&format!("/api/devices/{id}/deactivate"), Value::Null).await.unwrap().ok();
+    assert_eq!(admin.post(&format!("/api/devices/{}/deactivate", Uuid::new_v4()), Value::Null).await.unwrap().status, 404);
+    let beta = world.hub.login(&world.db.tenant("beta").await, Role::Admin).await;
+    assert_eq!(beta.post(&format!("/api/devices/{id}/deactivate"), Value::Null).await.unwrap().status, 404);
+    assert_eq!(beta.get("/api/devices").await.unwrap().ok()["devices"].as_array().unwrap().len(), 0);
+    let trail = admin.get(&format!("/api/audit?action=device.deactivate&resource_id={id}")).await.unwrap().ok();
+    assert_eq!(trail["entries"].as_array().unwrap().len(), 2, "{trail}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_registered_active_devices_get_in() {
+    let (world, addr) = mqtt_world().await;
+    let unit = unit(&world.admin, "AMB-02").await;
+    let login = device(&world.admin, "alpha", unit, "ambulance").await;
+
+    let mut connected = Mqtt::login(addr, &login).await;
+    assert_eq!(connected.connack.code, ConnectReturnCode::Success);
+
+    let wrong = Mqtt::connect(options(addr, "w1", &login.username, "not-the-password")).await;
+    assert_eq!(refused_with(wrong), ConnectReturnCode::BadUserNamePassword);
+    let unknown = Mqtt::connect(options(addr, "w2", "alpha-ambulance-000000000000", &login.password)).await;
+    assert_eq!(refused_with(unknown), ConnectReturnCode::BadUserNamePassword);
+    let anonymous = Mqtt::connect(MqttOptions::new("w3", addr.ip().to_string(), addr.port())).await;
+    assert_eq!(refused_with(anonymous), ConnectReturnCode::NotAuthorized);
+
+    // Deactivated: the live connection is cut, and it cannot come back, even though the hub
+    // remembered its login.
+    world.admin.post(&format!("/api/devices/{}/deactivate", login.id), Value::Null).await.unwrap().ok();
+    connected.closed().await;
+    let again = Mqtt::connect(options(addr, "again", &login.username, &login.password)).await;
+    assert_eq!(refused_with(again), ConnectReturnCode::NotAuthorized);
+
+    let metrics = world.hub.metrics().await;
+    assert_eq!(metric(&metrics, "medhub_mqtt_refused_connects_total{reason=\"bad_credentials\"}"), 2.0, "{metrics}");
+    assert_eq!(metric(&metrics, "medhub_mqtt_refused_connects_total{reason=\"no_credentials\"}"), 1.0);
+    assert_eq!(metric(&metrics, "medhub_mqtt_refused_connects_total{reason=\"inactive\"}"), 1.0);
+    assert_eq!(metric(&metrics, "medhub_mqtt_connects_total"), 1.0);
+    assert!(world.hub.logs().contains("mqtt connect refused"), "{}", world.hub.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unit_publishes_and_listens_only_under_its_own_prefix() {
+    let (world, addr) = mqtt_world().await;
+    let (admin, hub) = (&world.admin, &world.hub);
+    let (mine, neighbour) = (unit(admin, "AMB-10").await, unit(admin, "AMB-11").await);
+    let beta = hub.login(&world.db.tenant("beta").await, Role::Admin).await;
+    let foreign = unit(&beta, "AMB-10").await;
+    let login = device(admin, "alpha", mine, "ambulance").await;
+    let mut tracker = Mqtt::login(addr, &login).await;
+
+    // A well-formed fix under another unit's prefix, another tenant's, its own command topic.
+    let fix = gps_fix(-1.2921, 36.8219, &now());
+    for target in [topic("alpha", neighbour, "gps"), topic("beta", foreign, "gps"), login.topic("cmd"), "medhub/alpha/ambulance/x/gps".to_owned()] {
+        tracker.client.publish(target, QoS::AtLeastOnce, false, fix.clone()).await.unwrap();
+    }
+    // Then one under its own, which the hub takes; everything before it has been judged.
+    tracker.client.publish(login.topic("gps"), QoS::AtLeastOnce, false, gps_fix(-1.30, 36.80, &now())).await.unwrap();
+    tracker.pubacks(5).await;
+    let metrics = metric_reaches(hub, "medhub_device_messages_total{kind=\"gps\",outcome=\"accepted\"}", 1.0).await;
+    assert_eq!(metric(&metrics, "medhub_mqtt_acl_refusals_total{action=\"publish\"}"), 4.0, "{metrics}");
+    assert_eq!(metric(&metrics, "medhub_mqtt_accepted_total{kind=\"gps\"}"), 1.0);
+    assert_eq!(metric(&metrics, "medhub_device_messages_total{kind=\"gps\",outcome=\"accepted\"}"), 1.0);
+
+    // Its fixes reached its own unit only: no other map moved.
+    assert_eq!(unit_position(admin, mine).await["position"]["lat"], -1.30);
+    assert!(unit_position(admin, neighbour).await.is_null());
+    assert!(unit_position(&beta, foreign).await.is_null());
+    let logs = hub.logs();
+    assert!(logs.lines().any(|line| line.contains("mqtt publish refused") && line.contains(&login.id)), "{logs}");
+
+    // It may listen to its own commands only.
+    for filter in [topic("alpha", neighbour, "cmd"), topic("beta", foreign, "cmd"), "medhub/alpha/ambulance/+/cmd".to_owned(), "#".to_owned()] {
+        tracker.client.subscribe(filter.clone(), QoS::AtLeastOnce).await.unwrap();
+        assert_eq!(tracker.suback().await, vec![SubscribeReasonCode::Failure], "{filter}");
+    }
+    tracker.client.subscribe(login.topic("cmd"), QoS::AtLeastOnce).await.unwrap();
+    assert_eq!(tracker.suback().await, vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)]);
+    let metrics = hub.metrics().await;
+    assert_eq!(metric(&metrics, "medhub_mqtt_acl_refusals_total{action=\"subscribe\"}"), 4.0, "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_bad_payloads_are_refused_while_a_good_unit_keeps_flowing() {
+    let (world, addr) = mqtt_world().await;
+    let (admin, hub) = (&world.admin, &world.hub);
+    let (good_unit, bad_unit) = (unit(admin, "AMB-20").await, unit(admin, "AMB-21").await);
+    let good = device(admin, "alpha", good_unit, "ambulance").await;
+    let bad = device(admin, "alpha", bad_unit, "ambulance").await;
+
+    // The good unit: 300 fixes, 100 ms apart in fix time, each a little further north.
+    const FIXES: usize = 300;
+    let start = Utc::now() - chrono::Duration::minutes(10);
+    let fix_time = |n: usize| (start + chrono::Duration::milliseconds(100 * n as i64)).to_rfc3339_opts(SecondsFormat::Millis, true);
+    let flowing = async {
+        let mut tracker = Mqtt::login(addr, &good).await;
+        let begun = Instant::now();
+        for n in 0..FIXES {
+            tracker.client.publish(good.topic("gps"), QoS::AtLeastOnce, false, gps_fix(-1.3 + n as f64 * 1e-4, 36.8, &fix_time(n))).await.unwrap();
+        }
+        tracker.pubacks(FIXES).await;
+        begun.elapsed()
+    };
+
+    // The bad unit, at the same time: 990 malformed payloads under its own prefix...
+    let flood = async {
+        let mut sender = Mqtt::login(addr, &bad).await;
+        let future = (Utc::now() + chrono::Duration::hours(2)).to_rfc3339();
+        for n in 0..990 {
+            let payload: Vec<u8> = match n % 4 {
+                0 => b"{\"lat\": -1.29, \"lon\": ".to_vec(),
+                1 => gps_fix(91.0, 36.8, &now()),
+                2 => json!({"lat": "NaN", "lon": 36.8, "speed": 1, "heading": 1, "accuracy": 1, "fix_time": now()}).to_string().into_bytes(),
+                _ => gps_fix(-1.29, 36.8, &future),
+            };
+            // Status and vitals judged too: a number where text belongs, a missing parameter.
+            let (leaf, payload) = match n {
+                3 => ("status", json!({"status": 7, "reported_at": now()}).to_string().into_bytes()),
+                7 => ("vitals", json!({"pulse": 80, "measured_at": now()}).to_string().into_bytes()),
+                _ => ("gps", payload),
+            };
+            sender.client.publish(bad.topic(leaf), QoS::AtLeastOnce, false, payload).await.unwrap();
+        }
+        sender.pubacks(990).await;
+        // ...and ten 1 MB blobs, each refused from its header and its connection closed.
+        for n in 0..10 {
+            let mut blob_sender = Mqtt::connect(options(addr, &format!("blob-{n}"), &bad.username, &bad.password)).await.unwrap();
+            blob_sender.client.publish(bad.topic("vitals"), QoS::AtMostOnce, false, vec![b'{'; 1024 * 1024]).await.unwrap();
+            blob_sender.closed().await;
+        }
+    };
+    let (took, ()) = tokio::join!(flowing, flood);
+
+    let metrics = metric_reaches(hub, "medhub_device_messages_total{kind=\"gps\",outcome=\"accepted\"}", FIXES as f64).await;
+    let rejected = |reason: &str| metric(&metrics, &format!("medhub_mqtt_rejected_total{{reason=\"{reason}\"}}"));
+    // Of the 990: 248 bad JSON, 248 latitudes of 91, 247 NaNs and 247 future times, but two of
+    // the future times were the status and vitals with wrong fields instead.
+    assert_eq!(rejected("not_json"), 248.0, "{metrics}");
+    assert_eq!(rejected("invalid_field"), 248.0 + 247.0 + 2.0, "{metrics}");
+    assert_eq!(rejected("bad_time"), 245.0, "{metrics}");
+    assert_eq!(rejected("too_large"), 10.0, "{metrics}");
+    let total: f64 = ["not_json", "invalid_field", "bad_time", "too_large", "malformed_packet", "refused_by_hub", "hub_unavailable"].iter().map(|r| rejected(r)).sum();
+    assert_eq!(total, 1000.0, "{metrics}");
+    assert_eq!(metric(&metrics, "medhub_mqtt_accepted_total{kind=\"gps\"}"), FIXES as f64);
+    assert_eq!(metric(&metrics, "medhub_device_messages_total{kind=\"gps\",outcome=\"accepted\"}"), FIXES as f64);
+    assert!(took < Duration::from_secs(30), "the good unit took {took:?}");
+
+    // No gap: every fix of the good unit is on its track, in order, and it stands at the last.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let points = loop {
+        let track = admin.get(&format!("/api/ambulances/{good_unit}/track")).await.unwrap().ok();
+        let points = track["points"].as_array().unwrap().clone();
+        if points.len() >= FIXES || Instant::now() > deadline {
+            break points;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(points.len(), FIXES);
+    for (n, point) in points.iter().enumerate() {
+        let at: chrono::DateTime<Utc> = point["fix_time"].as_str().unwrap().parse().unwrap();
+        assert_eq!(at.to_rfc3339_opts(SecondsFormat::Millis, true), fix_time(n));
+    }
+    let position = unit_position(admin, good_unit).await;
+    let latest: chrono::DateTime<Utc> = position["fix_time"].as_str().unwrap().parse().unwrap();
+    assert_eq!(latest.to_rfc3339_opts(SecondsFormat::Millis, true), fix_time(FIXES - 1));
+    assert!(unit_position(admin, bad_unit).await.is_null(), "nothing of the flood reached the map");
+
+    // The log names the device and the reason, a few times, not a thousand.
+    let logs = hub.logs();
+    let lines: Vec<&str> = logs.lines().filter(|line| line.contains("device message rejected") && line.contains(&bad.id)).collect();
+    assert!(!lines.is_empty() && lines.len() < 100, "{} rejection lines", lines.len());
+    assert!(lines.iter().any(|line| line.contains("reason=\"invalid_field\"") || line.contains("reason=invalid_field")), "{}", lines.join("\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_reaches_its_unit_at_least_once() {
+    let (world, addr) = mqtt_world().await;
+    let (admin, hub) = (&world.admin, &world.hub);
+    let (mine, other) = (unit(admin, "AMB-30").await, unit(admin, "AMB-31").await);
+    let login = device(admin, "alpha", mine, "ambulance").await;
+    let other_login = device(admin, "alpha", other, "ambulance").await;
+    let mut tracker = Mqtt::login(addr, &login).await;
+    let mut bystander = Mqtt::login(addr, &other_login).await;
+    tracker.client.subscribe(login.topic("cmd"), QoS::AtLeastOnce).await.unwrap();
+    assert_eq!(tracker.suback().await, vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)]);
+    bystander.client.subscribe(other_login.topic("cmd"), QoS::AtLeastOnce).await.unwrap();
+    bystander.suback().await;
+
+    let incident = Uuid::new_v4();
+    let command = json!({"type": "dispatch", "incident_id": incident, "location": {"lat": -1.28, "lon": 36.82}});
+    let sent = admin.post("/api/devices/test-command", json!({"unit_id": mine, "payload": command})).await.unwrap().expect(202);
+    assert_eq!(sent["topic"], login.topic("cmd"));
+    let Packet::Publish(publish) = tracker.next().await else { panic!("expected the command") };
+    assert_eq!((publish.topic.as_str(), publish.qos), (login.topic("cmd").as_str(), QoS::AtLeastOnce));
+    assert_eq!(serde_json::from_slice::<Value>(&publish.payload).unwrap(), command);
+    // rumqttc acknowledged it; the hub counts it delivered.
+    metric_reaches(hub, "medhub_mqtt_commands_total{outcome=\"delivered\"}", 1.0).await;
+    assert!(tokio::time::timeout(Duration::from_millis(300), bystander.events.recv()).await.is_err(), "another unit heard nothing");
+
+    // Nobody listening: the sender is told, not left to wait.
+    let unheard = admin.post("/api/devices/test-command", json!({"unit_id": Uuid::new_v4(), "payload": {}})).await.unwrap();
+    assert_eq!(unheard.status, 503, "{}", unheard.body);
+    assert_eq!(world.nurse.post("/api/devices/test-command", json!({"unit_id": mine, "payload": {}})).await.unwrap().status, 403);
+
+    // A persistent session keeps its subscription and gets what was sent while it was away.
+    let persistent = || {
+        let mut options = options(addr, "amb-30-cab", &login.username, &login.password);
+        options.set_clean_session(false);
+        options
+    };
+    let mut cab = Mqtt::connect(persistent()).await.unwrap();
+    cab.client.subscribe(login.topic("cmd"), QoS::AtLeastOnce).await.unwrap();
+    cab.suback().await;
+    cab.client.disconnect().await.unwrap();
+    cab.closed().await;
+    admin.post("/api/devices/test-command", json!({"unit_id": mine, "payload": {"type": "while-away"}})).await.unwrap().expect(202);
+    let Packet::Publish(_) = tracker.next().await else { panic!("the clean session still hears it live") };
+    let mut cab = Mqtt::connect(persistent()).await.unwrap();
+    assert!(cab.connack.session_present);
+    let Packet::Publish(publish) = cab.next().await else { panic!("expected the queued command") };
+    assert_eq!(serde_json::from_slice::<Value>(&publish.payload).unwrap(), json!({"type": "while-away"}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt5_devices_are_told_why() {
+    let (world, addr) = mqtt_world().await;
+    let (mine, other) = (unit(&world.admin, "AMB-40").await, unit(&world.admin, "AMB-41").await);
+    let login = device(&world.admin, "alpha", mine, "monitor").await;
+
+    let connect = |password: &str| {
+        let mut options = Options5::new("monitor-40", addr.ip().to_string(), addr.port());
+        options.set_credentials(login.username.clone(), password.to_owned());
+        Client5::new(options, 64)
+    };
+    let (_, mut refused) = connect("wrong");
+    match refused.poll().await {
+        Err(rumqttc::v5::ConnectionError::ConnectionRefused(code)) => assert_eq!(code, Code5::BadUserNamePassword),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+
+    let (client, mut eventloop) = connect(&login.password);
+    async fn next(eventloop: &mut rumqttc::v5::EventLoop) -> Packet5 {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), eventloop.poll()).await.expect("a packet within 10 s").expect("connected") {
+                Event5::Incoming(packet) => return packet,
+                Event5::Outgoing(_) => continue,
+            }
+        }
+    }
+    let Packet5::ConnAck(connack) = next(&mut eventloop).await else { panic!("expected CONNACK") };
+    assert_eq!(connack.code, Code5::Success);
+    assert_eq!(connack.properties.and_then(|p| p.max_packet_size), Some(65536));
+
+    let vitals = json!({"respiration_rate": 18, "spo2": 97, "on_oxygen": false, "systolic_bp": 124, "pulse": 82,
+                        "consciousness": "alert", "temperature": 37.1, "measured_at": now()});
+    for (target, payload, expected) in [
+        (login.topic("vitals"), vitals.to_string(), PubAckReason::Success),
+        (topic("alpha", other, "vitals"), vitals.to_string(), PubAckReason::NotAuthorized),
+        (login.topic("vitals"), "{\"pulse\": \"fast\"}".to_owned(), PubAckReason::PayloadFormatInvalid),
+    ] {
+        client.publish(target, QoS5::AtLeastOnce, false, payload).await.unwrap();
+        let Packet5::PubAck(ack) = next(&mut eventloop).await else { panic!("expected PUBACK") };
+        assert_eq!(ack.reason, expected);
+    }
+    client.subscribe(topic("alpha", other, "cmd"), QoS5::AtLeastOnce).await.unwrap();
+    let Packet5::SubAck(ack) = next(&mut eventloop).await else { panic!("expected SUBACK") };
+    assert_eq!(ack.return_codes, vec![Sub5::NotAuthorized]);
+
+    // The monitor's vitals reached its unit, with their NEWS2 score.
+    let unit = world.admin.get(&format!("/api/ambulances/{mine}")).await.unwrap().ok();
+    assert_eq!(unit["vitals"]["vitals"]["pulse"].as_f64(), Some(82.0), "{unit}");
+
+    // A hub that stops says so to the devices it drops.
+    let mut hub = world.hub;
+    let stopping = tokio::spawn(async move {
+        let status = hub.terminate().await;
+        (status, hub.logs())
+    });
+    let goodbye = loop {
+        match tokio::time::timeout(Duration::from_secs(30), eventloop.poll()).await.expect("a goodbye within 30 s") {
+            Ok(_) => continue,
+            Err(error) => break error,
+        }
+    };
+    let rumqttc::v5::ConnectionError::MqttState(rumqttc::v5::StateError::ServerDisconnect { reason_code, .. }) = goodbye else {
+        panic!("expected a DISCONNECT from the hub, got {goodbye:?}");
+    };
+    assert_eq!(reason_code, rumqttc::v5::mqttbytes::v5::DisconnectReasonCode::ServerShuttingDown);
+    let (status, logs) = stopping.await.unwrap();
+    assert!(status.success(), "{logs}");
+    assert!(logs.contains("mqtt endpoint stopped") && logs.contains("hub stopped"), "{logs}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// External broker: Debian's mosquitto, confined by the files the hub writes
+
+/// A mosquitto broker on a free loopback port, configured from `dir`; stopped on drop.
+struct Mosquitto {
+    child: Child,
+    port: u16,
+}
+
+impl Mosquitto {
+    fn start(dir: &Path, files: &medhub_device_gateway::MosquittoFiles) -> Mosquitto {
+        let binary = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+            .into_iter()
+            .find(|path| Path::new(path).exists())
+            .expect("mosquitto is not installed: sudo apt-get install -y mosquitto");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut conf = format!("listener {port} 127.0.0.1\npersistence false\nlog_dest stderr\n");
+        conf.push_str(&medhub_device_gateway::mosquitto_conf(files, 65536));
+        if unsafe { libc::geteuid() } == 0 {
+            conf.push_str("user root\n"); // it would drop to `mosquitto`, who cannot read our 0600 files
+        }
+        std::fs::write(dir.join("mosquitto.conf"), conf).unwrap();
+        let child = Command::new(binary)
+            .arg("-c")
+            .arg(dir.join("mosquitto.conf"))
+            .stdout(Stdio::null())
+            .stderr(if std::env::var_os("MEDHUB_TEST_ECHO").is_some() { Stdio::inherit() } else { Stdio::null() })
+            .spawn()
+            .expect("mosquitto starts");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "mosquitto did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Mosquitto { child, port }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// Rereads the password and ACL files (SIGHUP).
+    fn reload(&self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGHUP) };
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_mosquitto_a_device_cannot_publish_under_another_units_prefix() {
+    let db = TestDb::start().await;
+    let tenant = db.tenant("alpha").await;
+    let dir = db.scratch("mosquitto");
+    let hub_login = medhub_device_gateway::BrokerLogin { username: "medhub-hub", password: "hub-broker-secret" };
+    let files = medhub_device_gateway::write_mosquitto_files(&db.pool, &dir, hub_login).await.unwrap();
+    assert_eq!(files.devices, 0);
+    let broker = Mosquitto::start(&dir, &files);
+
+    let url = format!("mqtt://medhub-hub:hub-broker-secret@127.0.0.1:{}", broker.port);
+    let hub = common::spawn_hub_with(HubOptions::serve(&db).arg("--mqtt-broker-url", url).arg("--enable-fault-injection", true)).await;
+    metric_reaches(&hub, "medhub_mqtt_broker_connected", 1.0).await;
+    let admin = hub.login(&tenant, Role::Admin).await;
+    let (mine, neighbour) = (unit(&admin, "AMB-50").await, unit(&admin, "AMB-51").await);
+    let login = device(&admin, "alpha", mine, "ambulance").await;
+    device(&admin, "alpha", neighbour, "ambulance").await;
+    let files = medhub_device_gateway::write_mosquitto_files(&db.pool, &dir, hub_login).await.unwrap();
+    assert_eq!(files.devices, 2);
+    broker.reload();
+
+    // The broker now knows the device (after its reload) and no one with a wrong password.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut tracker = loop {
+        match Mqtt::connect(options(broker.addr(), "amb-50", &login.username, &login.password)).await {
+            Ok(tracker) => break tracker,
+            Err(error) => assert!(Instant::now() < deadline, "mosquitto never let the device in: {error}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let wrong = refused_with(Mqtt::connect(options(broker.addr(), "w", &login.username, "wrong")).await);
+    assert!(matches!(wrong, ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized), "{wrong:?}");
+
+    // Under another unit's prefix: mosquitto drops it (3.1.1 still acknowledges); under its own,
+    // it reaches the hub. The own fix goes last, so once it arrived the other was judged.
+    tracker.client.publish(topic("alpha", neighbour, "gps"), QoS::AtLeastOnce, false, gps_fix(-1.25, 36.85, &now())).await.unwrap();
+    tracker.client.publish(login.topic("gps"), QoS::AtLeastOnce, false, gps_fix(-1.30, 36.80, &now())).await.unwrap();
+    tracker.pubacks(2).await;
+    let metrics = metric_reaches(&hub, "medhub_device_messages_total{kind=\"gps\",outcome=\"accepted\"}", 1.0).await;
+    assert_eq!(metric(&metrics, "medhub_mqtt_accepted_total{kind=\"gps\"}"), 1.0, "{metrics}");
+    assert_eq!(unit_position(&admin, mine).await["position"]["lat"], -1.30);
+    assert!(unit_position(&admin, neighbour).await.is_null(), "the neighbour's map marker did not move");
+
+    // Nor may it hear the neighbour's commands (mosquitto 2.0 grants the SUBSCRIBE but checks its
+    // ACL on every delivery); its own arrive at QoS 1, through the broker. The neighbour's command
+    // goes first, so had it been delivered it would arrive first.
+    tracker.client.subscribe(topic("alpha", neighbour, "cmd"), QoS::AtLeastOnce).await.unwrap();
+    tracker.suback().await;
+    tracker.client.subscribe(login.topic("cmd"), QoS::AtLeastOnce).await.unwrap();
+    assert_eq!(tracker.suback().await, vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)]);
+    admin.post("/api/devices/test-command", json!({"unit_id": neighbour, "payload": {"type": "not for you"}})).await.unwrap().expect(202);
+    admin.post("/api/devices/test-command", json!({"unit_id": mine, "payload": {"type": "dispatch"}})).await.unwrap().expect(202);
+    let Packet::Publish(publish) = tracker.next().await else { panic!("expected the command") };
+    assert_eq!((publish.topic.as_str(), publish.qos), (login.topic("cmd").as_str(), QoS::AtLeastOnce));
+    assert_eq!(serde_json::from_slice::<Value>(&publish.payload).unwrap(), json!({"type": "dispatch"}));
+}
