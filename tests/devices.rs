@@ -662,3 +662,129 @@ async fn behind_mosquitto_a_device_cannot_publish_under_another_units_prefix() {
     assert_eq!((publish.topic.as_str(), publish.qos), (login.topic("cmd").as_str(), QoS::AtLeastOnce));
     assert_eq!(serde_json::from_slice::<Value>(&publish.payload).unwrap(), json!({"type": "dispatch"}));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Dispatch, end to end over MQTT
+
+/// Great-circle distance in km (the test's own brute-force check of "nearest").
+fn haversine_km(a: (f64, f64), b: (f64, f64)) -> f64 {
+    let (lat1, lon1, lat2, lon2) = (a.0.to_radians(), a.1.to_radians(), b.0.to_radians(), b.1.to_radians());
+    let h = ((lat2 - lat1) / 2.0).sin().powi(2) + lat1.cos() * lat2.cos() * ((lon2 - lon1) / 2.0).sin().powi(2);
+    2.0 * 6_371.0088 * h.sqrt().asin()
+}
+
+/// Waits for the next command on the unit's own topic.
+async fn command(mqtt: &mut Mqtt) -> Value {
+    loop {
+        if let Packet::Publish(publish) = mqtt.next().await {
+            return serde_json::from_slice(&publish.payload).unwrap();
+        }
+    }
+}
+
+async fn report(mqtt: &Mqtt, login: &Login, status: &str, incident: &str) {
+    let body = json!({"status": status, "incident_id": incident, "reported_at": now()}).to_string();
+    mqtt.client.publish(login.topic("status"), QoS::AtLeastOnce, false, body.into_bytes()).await.unwrap();
+}
+
+/// Polls an incident until it has `status` (panics after 15 s).
+async fn incident_reaches(api: &Api, id: &str, status: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let all = api.get("/api/incidents?all=true").await.unwrap().ok();
+        if let Some(incident) = all["incidents"].as_array().unwrap().iter().find(|i| i["id"] == id && i["status"] == status) {
+            return incident.clone();
+        }
+        assert!(Instant::now() < deadline, "incident {id} never became {status}: {all}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sos_goes_to_the_nearest_unit_then_the_next_when_it_stays_silent_and_is_followed_to_the_hospital() {
+    let world = World::start_with(1, |options| options.arg("--mqtt-listen", "127.0.0.1:0").arg("--dispatch-ack-timeout-secs", 2)).await;
+    let addr = mqtt_addr(&world.hub).await;
+    let admin = &world.admin;
+    let hospital = admin
+        .post("/api/facilities", json!({"name": "Alpha Emergency", "kind": "hospital", "location": {"lat": -1.2800, "lon": 36.8300},
+                                       "timezone": "Africa/Nairobi", "wards": [{"name": "Emergency", "kind": "emergency", "beds": ["E1"]}]}))
+        .await
+        .unwrap()
+        .expect(201);
+    let scene = (-1.3000, 36.8000);
+    let starts = [("AMB-01", (-1.3100, 36.8050)), ("AMB-02", (-1.2950, 36.7800)), ("AMB-03", (-1.2000, 36.9000))];
+    let mut units = Vec::new();
+    for (call_sign, at) in starts {
+        let id = unit(admin, call_sign).await;
+        let login = device(admin, "alpha", id, "ambulance").await;
+        let mut mqtt = Mqtt::login(addr, &login).await;
+        mqtt.client.subscribe(login.topic("cmd"), QoS::AtLeastOnce).await.unwrap();
+        mqtt.suback().await;
+        mqtt.client.publish(login.topic("gps"), QoS::AtLeastOnce, false, gps_fix(at.0, at.1, &now())).await.unwrap();
+        mqtt.pubacks(1).await;
+        units.push((id, login, mqtt, at));
+    }
+    for (id, ..) in &units {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while unit_position(admin, *id).await.is_null() {
+            assert!(Instant::now() < deadline, "the unit's position never arrived");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // Brute force: the units by distance to the scene.
+    let mut order: Vec<usize> = (0..units.len()).collect();
+    order.sort_by(|a, b| haversine_km(units[*a].3, scene).total_cmp(&haversine_km(units[*b].3, scene)));
+    let (first, second) = (order[0], order[1]);
+
+    let dispatcher = world.hub.login(&world.tenant, Role::Dispatcher).await;
+    let incident = dispatcher
+        .post("/api/incidents", json!({"location": {"lat": scene.0, "lon": scene.1}, "priority": "critical", "description": "SOS: chest pain"}))
+        .await
+        .unwrap()
+        .expect(201);
+    let id = incident["id"].as_str().unwrap().to_owned();
+    assert_eq!(incident["status"], "dispatched");
+    assert_eq!(incident["unit_id"], units[first].0.to_string(), "the nearest unit by brute force");
+    assert_eq!(incident["destination_id"], hospital["id"], "the facility with a free emergency bed");
+    let told = command(&mut units[first].2).await;
+    assert_eq!((told["type"].as_str(), told["incident_id"].as_str()), (Some("dispatch"), Some(id.as_str())));
+
+    // The nearest unit says nothing: after the timeout the next nearest is sent.
+    let reassigned = incident_reaches(&dispatcher, &id, "dispatched").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut current = reassigned;
+    while current["unit_id"] != units[second].0.to_string() {
+        assert!(Instant::now() < deadline, "never reassigned: {current}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        current = incident_reaches(&dispatcher, &id, "dispatched").await;
+    }
+    let told = command(&mut units[second].2).await;
+    assert_eq!(told["incident_id"], id.as_str());
+    assert_eq!(unit_position(admin, units[first].0).await.is_null(), false);
+    let silent = admin.get(&format!("/api/ambulances/{}", units[first].0)).await.unwrap().ok();
+    assert_eq!(silent["status"], "available", "the silent unit is free again");
+
+    // The second acknowledges and works the mission; the geofence notices the arrival.
+    let (_, login, mqtt, _) = &units[second];
+    report(mqtt, login, "ack", &id).await;
+    incident_reaches(&dispatcher, &id, "en_route").await;
+    report(mqtt, login, "on_scene", &id).await;
+    incident_reaches(&dispatcher, &id, "on_scene").await;
+    report(mqtt, login, "transporting", &id).await;
+    incident_reaches(&dispatcher, &id, "transporting").await;
+    mqtt.client.publish(login.topic("gps"), QoS::AtLeastOnce, false, gps_fix(-1.2803, 36.8302, &now())).await.unwrap();
+    incident_reaches(&dispatcher, &id, "at_hospital").await;
+    report(mqtt, login, "available", &id).await;
+    incident_reaches(&dispatcher, &id, "closed").await;
+
+    let timeline = dispatcher.get(&format!("/api/incidents/{id}/timeline")).await.unwrap().ok();
+    let steps: Vec<&str> = timeline["timeline"].as_array().unwrap().iter().map(|s| s["type"].as_str().unwrap()).collect();
+    assert_eq!(steps, [
+        "incident.created", "incident.dispatched", "incident.reassigning", "incident.dispatched", "incident.acknowledged",
+        "incident.on_scene", "incident.transporting", "incident.at_hospital", "incident.closed",
+    ]);
+    let trail = admin.get(&format!("/api/audit?resource_type=incident&resource_id={id}&limit=100")).await.unwrap().ok();
+    assert_eq!(trail["entries"].as_array().unwrap().len(), steps.len(), "every step is audited");
+    let verified = admin.get("/api/audit/verify").await.unwrap().ok();
+    assert_eq!(verified["ok"], true);
+}
