@@ -635,3 +635,42 @@ impl Api {
         body["id"].as_str().and_then(|id| id.parse().ok()).expect("batch id")
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Browser stories
+
+fn chromium() -> String {
+    std::env::var("CHROMIUM_PATH").unwrap_or_else(|_| "/usr/bin/chromium".to_owned())
+}
+
+/// Runs `tests/browser/<script>` (Playwright driving headless Chromium) against a fresh `hub demo`
+/// on its own database and fails with what the script and the hub printed. Needs Node.js,
+/// Chromium and `tests/browser/node_modules` (`bash scripts/test` installs them); without them it
+/// fails and says what to install: it never passes without a browser.
+pub async fn run_browser_story(script: &str) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    let missing: Vec<String> = [
+        (Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success()), "Node.js (apt-get install nodejs)".to_owned()),
+        (Path::new(&chromium()).exists(), format!("Chromium at {} (apt-get install chromium)", chromium())),
+        (dir.join("node_modules/playwright-core").exists(), "playwright-core (npm ci --prefix tests/browser)".to_owned()),
+    ]
+    .into_iter()
+    .filter(|(present, _)| !present)
+    .map(|(_, what)| what)
+    .collect();
+    assert!(missing.is_empty(), "the browser test needs {}; `bash scripts/test` installs them", missing.join(", "));
+
+    let db = TestDb::start().await;
+    let mut options = HubOptions::serve(&db);
+    options.command = "demo";
+    let mut hub = spawn_hub_with(options).await;
+    let (url, script_path) = (hub.url.clone(), dir.join(script));
+    let output = tokio::task::spawn_blocking(move || Command::new("node").arg(script_path).env("MEDHUB_URL", url).env("CHROMIUM_PATH", chromium()).output())
+        .await
+        .expect("node task")
+        .expect("run node");
+    let printed = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "the browser story {script} failed:\n{printed}\nhub log:\n{}", hub.logs());
+    println!("{printed}");
+    assert!(hub.terminate().await.success());
+}
