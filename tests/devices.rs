@@ -788,3 +788,76 @@ async fn an_sos_goes_to_the_nearest_unit_then_the_next_when_it_stays_silent_and_
     let verified = admin.get("/api/audit/verify").await.unwrap().ok();
     assert_eq!(verified["ok"], true);
 }
+
+fn vitals(respiration: f64, spo2: f64, systolic: f64, pulse: f64, consciousness: &str, temperature: f64) -> Vec<u8> {
+    json!({"respiration_rate": respiration, "spo2": spo2, "on_oxygen": false, "systolic_bp": systolic, "pulse": pulse,
+           "consciousness": consciousness, "temperature": temperature, "measured_at": now()})
+    .to_string()
+    .into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deteriorating_patient_on_the_way_in_alerts_the_receiving_hospital() {
+    let world = World::start_with(1, |options| options.arg("--mqtt-listen", "127.0.0.1:0")).await;
+    let addr = mqtt_addr(&world.hub).await;
+    let admin = &world.admin;
+    let hospital = admin
+        .post("/api/facilities", json!({"name": "Alpha Emergency", "kind": "hospital", "location": {"lat": -1.2800, "lon": 36.8300},
+                                       "timezone": "Africa/Nairobi", "wards": [{"name": "Emergency", "kind": "emergency", "beds": ["E1"]}]}))
+        .await
+        .unwrap()
+        .expect(201);
+    let hospital_id = hospital["id"].as_str().unwrap();
+    let unit_id = unit(admin, "AMB-09").await;
+    let login = device(admin, "alpha", unit_id, "ambulance").await;
+    let monitor = device(admin, "alpha", unit_id, "monitor").await;
+    let mut crew = Mqtt::login(addr, &login).await;
+    let mut monitor_mqtt = Mqtt::login(addr, &monitor).await;
+    crew.client.subscribe(login.topic("cmd"), QoS::AtLeastOnce).await.unwrap();
+    crew.suback().await;
+    crew.client.publish(login.topic("gps"), QoS::AtLeastOnce, false, gps_fix(-1.3050, 36.8000, &now())).await.unwrap();
+    crew.pubacks(1).await;
+    while unit_position(admin, unit_id).await.is_null() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The emergency department watches its arrivals.
+    let mut ed = common::Live::connect(&world.hub, &world.nurse).await;
+    let arrivals = format!("tenant/alpha/facility/{hospital_id}/arrivals");
+    assert_eq!(ed.subscribe(&arrivals, None).await["type"], "subscribed");
+    assert_eq!(ed.next().await["type"], "snapshot");
+    let mut dispatcher_live = common::Live::connect(&world.hub, &world.hub.login(&world.tenant, Role::Dispatcher).await).await;
+    assert_eq!(dispatcher_live.subscribe(&arrivals, None).await["error"], "forbidden", "arrivals are for clinical staff");
+
+    let dispatcher = world.hub.login(&world.tenant, Role::Dispatcher).await;
+    let incident = dispatcher
+        .post("/api/incidents", json!({"location": {"lat": -1.3000, "lon": 36.8000}, "priority": "critical", "description": "fall from height"}))
+        .await
+        .unwrap()
+        .expect(201);
+    let id = incident["id"].as_str().unwrap().to_owned();
+    command(&mut crew).await;
+    for status in ["ack", "on_scene", "transporting"] {
+        report(&crew, &login, status, &id).await;
+    }
+    incident_reaches(&dispatcher, &id, "transporting").await;
+
+    // Stable vitals: no alert. Then they deteriorate: one alert, with the score, vitals and ETA.
+    monitor_mqtt.client.publish(monitor.topic("vitals"), QoS::AtLeastOnce, false, vitals(16.0, 97.0, 125.0, 80.0, "alert", 37.0)).await.unwrap();
+    monitor_mqtt.pubacks(1).await;
+    monitor_mqtt.client.publish(monitor.topic("vitals"), QoS::AtLeastOnce, false, vitals(27.0, 90.0, 88.0, 135.0, "voice", 39.5)).await.unwrap();
+    monitor_mqtt.pubacks(1).await;
+    let alert = ed.next().await;
+    assert_eq!(alert["type"], "arrival.alert", "{alert}");
+    assert_eq!(alert["data"]["unit_id"], unit_id.to_string());
+    assert_eq!(alert["data"]["facility_id"], hospital_id);
+    assert_eq!(alert["data"]["news2"]["band"], "high");
+    assert!(alert["data"]["news2"]["score"].as_u64().unwrap() >= 7);
+    assert!(alert["data"]["eta_minutes"].as_f64().unwrap() > 0.0);
+    // Still high: no repeat.
+    monitor_mqtt.client.publish(monitor.topic("vitals"), QoS::AtLeastOnce, false, vitals(28.0, 89.0, 86.0, 140.0, "voice", 39.6)).await.unwrap();
+    monitor_mqtt.pubacks(1).await;
+    assert!(ed.next_within(Duration::from_millis(800)).await.is_none(), "one alert per rise, not per reading");
+    let trail = admin.get("/api/audit?action=arrival.alert").await.unwrap().ok();
+    assert_eq!(trail["entries"].as_array().unwrap().len(), 1);
+}

@@ -29,7 +29,7 @@ use crate::durable::{self, Core, DurableActor, DurableState, Reply};
 use crate::error::ActorError;
 use crate::live::LiveFeed;
 use crate::metrics::ActorMetrics;
-use crate::news2::{self, News2, SpO2Scale, Vitals};
+use crate::news2::{self, News2, RiskBand, SpO2Scale, Vitals};
 use crate::store::{self, EventDraft};
 use crate::topics;
 
@@ -490,11 +490,55 @@ impl Handler<VitalsReading> for AmbulanceActor {
         let unit = self.core.state.as_mut().ok_or_else(|| ActorError::Unavailable("the ambulance is loading; retry shortly".to_owned()))?;
         let scored = news2::score(&vitals, SpO2Scale::Scale1);
         let data = json!({"unit_id": unit.id, "incident_id": unit.incident_id, "vitals": vitals, "news2": scored});
+        let previous_band = unit.vitals.as_ref().map(|(_, before)| before.band());
         unit.vitals = Some((*vitals, scored.clone()));
         self.live.publish(&topic, UNIT_VITALS, &data);
+        // A patient on the way whose score reaches medium or high: tell the receiving facility now
+        // (again only when the band rises, not on every reading).
+        let rising = previous_band.is_none_or(|before| scored.band() > before);
+        if let (true, true, Some(destination), Some(point)) = (scored.band() >= RiskBand::Medium, rising, unit.destination_id, unit.destination_point) {
+            let eta_minutes = unit.position.map(|fix| crate::schedule::distance_km(fix.position, point) / ARRIVAL_SPEED_KMH * 60.0);
+            let alert = json!({
+                "unit_id": unit.id, "call_sign": unit.call_sign, "incident_id": unit.incident_id, "facility_id": destination,
+                "news2": scored, "vitals": vitals, "eta_minutes": eta_minutes.map(|m| (m * 10.0).round() / 10.0),
+            });
+            let (pool, tenant_id, tenant, unit_id) = (self.core.pool.clone(), self.core.tenant_id, self.core.tenant.clone(), unit.id);
+            actix::spawn(
+                async move {
+                    if let Err(e) = raise_arrival_alert(&pool, tenant_id, &tenant, unit_id, destination, &alert).await {
+                        warn!(error = %e, "pre-arrival alert not raised");
+                    }
+                }
+                .instrument(info_span!("arrival_alert", tenant = %self.core.tenant, %unit_id)),
+            );
+        }
         Ok(scored)
     }
 }
+
+/// The speed pre-arrival estimates assume (km/h).
+const ARRIVAL_SPEED_KMH: f64 = 40.0;
+
+/// Publishes a pre-arrival alert on the destination facility's arrivals topic, audited.
+async fn raise_arrival_alert(pool: &PgPool, tenant_id: Uuid, tenant: &TenantSlug, unit_id: Uuid, facility_id: Uuid, alert: &Value) -> Result<(), ActorError> {
+    let patient: Option<Uuid> = match alert["incident_id"].as_str().and_then(|id| id.parse::<Uuid>().ok()) {
+        Some(incident) => sqlx::query_scalar("SELECT patient_id FROM incidents WHERE id = $1").bind(incident).fetch_optional(pool).await?.flatten(),
+        None => None,
+    };
+    let mut tx = pool.begin().await?;
+    store::publish_copy(&mut tx, tenant_id, &topics::arrivals_topic(tenant, facility_id), ARRIVAL_ALERT, alert).await?;
+    let mut record = AuditRecord::by_system("arrival.alert", "ambulance", unit_id).patient(patient).detail(json!({
+        "facility_id": facility_id, "incident_id": alert["incident_id"], "news2": alert["news2"]["score"], "band": alert["news2"]["band"],
+    }));
+    record.actor_kind = "device";
+    record.actor_id = unit_id.to_string();
+    crate::audit::append(&mut tx, tenant_id, &record).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The durable pre-arrival alert on `tenant/{t}/facility/{id}/arrivals`.
+pub const ARRIVAL_ALERT: &str = "arrival.alert";
 
 /// Sets the unit's status (a dispatcher, or the crew through their device).
 #[derive(Message)]

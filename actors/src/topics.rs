@@ -6,6 +6,7 @@ use sqlx::PgPool;
 
 use crate::domain::{Principal, Role, TenantSlug};
 use crate::facility;
+use crate::store;
 use crate::schedule::{self, AppointmentsOf};
 use uuid::Uuid;
 
@@ -20,6 +21,11 @@ pub fn schedule_topic(tenant: &TenantSlug, doctor_id: Uuid) -> String {
 /// The dispatchers' live map: units, their positions and status, incidents, hospitals.
 pub fn map_topic(tenant: &TenantSlug) -> String {
     format!("tenant/{tenant}/map")
+}
+
+/// A facility's incoming patients: pre-arrival alerts from units bringing them.
+pub fn arrivals_topic(tenant: &TenantSlug, facility_id: Uuid) -> String {
+    format!("tenant/{tenant}/facility/{facility_id}/arrivals")
 }
 
 /// A pharmacy's live stock board: batches and stock alerts.
@@ -46,6 +52,8 @@ pub enum Topic {
     Stock { tenant: TenantSlug, pharmacy_id: Uuid },
     /// `tenant/{t}/map`: ambulance units (live positions), their status and missions.
     Map { tenant: TenantSlug },
+    /// `tenant/{t}/facility/{id}/arrivals`: pre-arrival alerts for patients on their way in.
+    Arrivals { tenant: TenantSlug, facility_id: Uuid },
 }
 
 /// Why a subscription was refused, as told to the client.
@@ -70,6 +78,7 @@ impl Topic {
         match parts.as_slice() {
             ["tenant", slug, "beds"] => Ok(Topic::Beds { tenant: tenant(slug)? }),
             ["tenant", slug, "map"] => Ok(Topic::Map { tenant: tenant(slug)? }),
+            ["tenant", slug, "facility", facility, "arrivals"] => Ok(Topic::Arrivals { tenant: tenant(slug)?, facility_id: id(facility)? }),
             ["tenant", slug, "schedule", doctor] => Ok(Topic::Schedule { tenant: tenant(slug)?, doctor_id: id(doctor)? }),
             ["tenant", slug, "user", user] => Ok(Topic::User { tenant: tenant(slug)?, user_id: id(user)? }),
             ["tenant", slug, "stock", pharmacy] => Ok(Topic::Stock { tenant: tenant(slug)?, pharmacy_id: id(pharmacy)? }),
@@ -84,12 +93,13 @@ impl Topic {
             Topic::User { tenant, user_id } => user_topic(tenant, *user_id),
             Topic::Stock { tenant, pharmacy_id } => stock_topic(tenant, *pharmacy_id),
             Topic::Map { tenant } => map_topic(tenant),
+            Topic::Arrivals { tenant, facility_id } => arrivals_topic(tenant, *facility_id),
         }
     }
 
     fn tenant(&self) -> &TenantSlug {
         match self {
-            Topic::Beds { tenant } | Topic::Schedule { tenant, .. } | Topic::User { tenant, .. } | Topic::Stock { tenant, .. } | Topic::Map { tenant } => tenant,
+            Topic::Beds { tenant } | Topic::Schedule { tenant, .. } | Topic::User { tenant, .. } | Topic::Stock { tenant, .. } | Topic::Map { tenant } | Topic::Arrivals { tenant, .. } => tenant,
         }
     }
 
@@ -105,6 +115,7 @@ impl Topic {
             Topic::User { user_id, .. } => *user_id == principal.user_id,
             Topic::Stock { .. } => principal.has_role(STOCK_WATCHERS),
             Topic::Map { .. } => principal.has_role(MAP_WATCHERS),
+            Topic::Arrivals { .. } => principal.has_role(SCHEDULE_WATCHERS),
         };
         if allowed {
             Ok(())
@@ -133,6 +144,12 @@ impl Topic {
             Topic::Map { .. } => {
                 let (seq, map) = crate::ambulance::map_snapshot(pool, principal.tenant_id, &self.name()).await?;
                 Ok((seq, map))
+            }
+            Topic::Arrivals { facility_id, .. } => {
+                // Alerts are events: a new watcher starts from now; `since` replays missed ones.
+                let mut conn = pool.acquire().await?;
+                let seq = store::topic_head(&mut conn, &self.name()).await?;
+                Ok((seq, json!({"seq": seq, "facility_id": facility_id})))
             }
             Topic::Stock { pharmacy_id, .. } => {
                 let board = crate::pharmacy::stock_board(pool, principal.tenant_id, *pharmacy_id, &self.name()).await?;
