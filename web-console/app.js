@@ -1,6 +1,6 @@
 // The console's shell: the sign-in page, then the frame every page sits in (navigation by role,
 // the signed-in user, the live connection's status, sign out) and the hash router (#/beds,
-// #/schedule, #/book, #/stock, #/dispense, #/my, #/audit) that mounts one page at a time into it.
+// #/map, #/schedule, #/book, #/stock, #/dispense, #/my, #/audit) that mounts one page at a time into it.
 // Pages live in their own modules.
 
 import * as api from './api.js';
@@ -12,6 +12,7 @@ import { mountMyAppointments } from './my-appointments.js';
 import { mountAudit } from './audit.js';
 import { mountStock } from './stock.js';
 import { mountDispensing } from './dispensing.js';
+import { mountMap } from './map.js';
 import { h, replaceChildren } from './dom.js';
 
 // The appointment pages' styles live in their own sheet (same origin, so the CSP allows it).
@@ -21,9 +22,13 @@ const ROLE_LABELS = {
   admin: 'Admin', dispatcher: 'Dispatcher', doctor: 'Doctor', nurse: 'Nurse', pharmacist: 'Pharmacist', patient: 'Patient',
 };
 
-/** Pages, in navigation order. A role sees the pages that list it; its first page is its home. */
+/**
+ * Pages, in navigation order. A role sees the pages that list it; its first page is its home,
+ * unless a page names the role in `homeFor` (that page then comes first for it).
+ */
 const PAGES = [
   { id: 'beds', title: 'Bed board', roles: ['admin', 'nurse', 'doctor', 'dispatcher'], live: true, mount: mountBedBoard },
+  { id: 'map', title: 'Emergency map', roles: ['dispatcher', 'admin', 'doctor', 'nurse'], homeFor: ['dispatcher'], live: true, mount: mountMap },
   { id: 'schedule', title: 'Schedule', roles: ['doctor', 'nurse', 'admin'], live: true, mount: mountSchedule },
   { id: 'book', title: 'Book', roles: ['admin', 'nurse', 'doctor'], live: true, mount: mountBooking },
   // Stock comes before Dispensing: the pharmacist's home is the stock board.
@@ -40,7 +45,9 @@ const announcer = document.getElementById('announcer');
 let shell = null;
 
 function pagesFor(role) {
-  return PAGES.filter((page) => page.roles.includes(role));
+  const pages = PAGES.filter((page) => page.roles.includes(role));
+  const home = pages.filter((page) => page.homeFor?.includes(role));
+  return [...home, ...pages.filter((page) => !home.includes(page))];
 }
 
 /** Tells screen-reader users about something that happened outside their focus. */

@@ -363,6 +363,12 @@ export class LiveConnection {
   deliverEvent(message) {
     const subscription = this.subscriptions.get(message.topic);
     if (!subscription || subscription.lastSeq === null) return;
+    // Live-only telemetry (a unit's position) has no sequence: nothing to order or fill, and the
+    // next snapshot holds the latest value anyway.
+    if (message.seq === 0) {
+      subscription.onMessage(message);
+      return;
+    }
     if (message.seq <= subscription.lastSeq) return; // already delivered before a reconnect
     if (message.seq > subscription.lastSeq + 1) {
       // The hub fills gaps itself; seeing one means this view would go wrong, so ask again

@@ -1,0 +1,264 @@
+// End-to-end check of the dispatcher's live emergency map in headless Chromium: an admin registers
+// an ambulance unit and a device for it through the API; a dispatcher signs in through the form and
+// opens #/map; the device connects to the hub's MQTT endpoint and publishes a GPS fix; the unit's
+// marker must move to that fix on the open page (no reload), and again for a second fix.
+//
+// Run against a running hub (e.g. `hub demo --listen 127.0.0.1:18126 --mqtt-listen 127.0.0.1:18830`):
+//   MEDHUB_URL=http://127.0.0.1:18126 MEDHUB_MQTT=127.0.0.1:18830 node tests/browser/map.mjs
+// Environment: MEDHUB_URL and MEDHUB_MQTT (host:port) required; MEDHUB_TENANT (demo),
+// MEDHUB_ADMIN_EMAIL (admin@demo.medhub), MEDHUB_EMAIL (dispatcher@demo.medhub),
+// MEDHUB_PASSWORD (medhub-demo-2026), CHROMIUM_PATH (/usr/bin/chromium), MEDHUB_SCREENSHOT (a
+// path: save a picture of the page at the end).
+// Exits 0 when every check passes, 1 with a message naming the failed check otherwise.
+
+import { chromium } from 'playwright-core';
+import mqtt from 'mqtt';
+
+const config = {
+  url: (process.env.MEDHUB_URL || '').replace(/\/+$/, ''),
+  mqtt: process.env.MEDHUB_MQTT || '',
+  tenant: process.env.MEDHUB_TENANT || 'demo',
+  adminEmail: process.env.MEDHUB_ADMIN_EMAIL || 'admin@demo.medhub',
+  email: process.env.MEDHUB_EMAIL || 'dispatcher@demo.medhub',
+  password: process.env.MEDHUB_PASSWORD || 'medhub-demo-2026',
+  chromium: process.env.CHROMIUM_PATH || '/usr/bin/chromium',
+  screenshot: process.env.MEDHUB_SCREENSHOT || '',
+};
+
+/** How long a fix may take from MQTT publish to the marker. */
+const LIVE_TIMEOUT_MS = 10_000;
+/** How long the console may take to sign in and draw the map. */
+const RENDER_TIMEOUT_MS = 20_000;
+const MQTT_TIMEOUT_MS = 10_000;
+/** The whole run; a hung browser, broker or hub must not hang CI. */
+const RUN_TIMEOUT_MS = 120_000;
+
+class CheckFailed extends Error {}
+
+function fail(message) {
+  throw new CheckFailed(message);
+}
+
+function step(message) {
+  console.log(`[map] ${message}`);
+}
+
+// ---- The hub's HTTP API, used directly (not through the page) --------------------------------
+
+async function api(method, path, { token, body } = {}) {
+  const headers = { Accept: 'application/json' };
+  if (body !== undefined) headers['Content-Type'] = 'application/json';
+  if (token) headers.Authorization = `Bearer ${token}`;
+  let response;
+  try {
+    response = await fetch(`${config.url}${path}`, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  } catch (error) {
+    fail(`cannot reach the hub at ${config.url} (${error.cause?.code || error.cause?.message || error.message}); is it running?`);
+  }
+  const text = await response.text();
+  let json = null;
+  try {
+    json = text ? JSON.parse(text) : null;
+  } catch {
+    // reported below with the raw text
+  }
+  if (!response.ok) {
+    const detail = json ? `${json.error}: ${json.detail}` : text.slice(0, 200);
+    fail(`${method} ${path} answered ${response.status} (${detail})`);
+  }
+  return json;
+}
+
+async function apiLogin(email) {
+  const answer = await api('POST', '/api/auth/login', { body: { tenant: config.tenant, email, password: config.password } });
+  return answer.access_token;
+}
+
+// ---- The device: an MQTT client ---------------------------------------------------------------
+
+function connectDevice(credentials) {
+  const [host, port] = [config.mqtt.slice(0, config.mqtt.lastIndexOf(':')), config.mqtt.slice(config.mqtt.lastIndexOf(':') + 1)];
+  const client = mqtt.connect(`mqtt://${host}:${port}`, {
+    username: credentials.username,
+    password: credentials.password,
+    clientId: `map-test-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 8)}`,
+    protocolVersion: 4,
+    reconnectPeriod: 0,
+    connectTimeout: MQTT_TIMEOUT_MS,
+    clean: true,
+  });
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => { client.end(true); reject(new CheckFailed(`the device could not connect to mqtt://${host}:${port} within ${MQTT_TIMEOUT_MS / 1000} s`)); }, MQTT_TIMEOUT_MS);
+    client.once('connect', () => { clearTimeout(timer); resolve(client); });
+    client.once('error', (error) => { clearTimeout(timer); client.end(true); reject(new CheckFailed(`the device's MQTT connection to ${host}:${port} failed: ${error.message}`)); });
+  });
+}
+
+function publish(client, topic, payload) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new CheckFailed(`no PUBACK for ${topic} within ${MQTT_TIMEOUT_MS / 1000} s`)), MQTT_TIMEOUT_MS);
+    client.publish(topic, JSON.stringify(payload), { qos: 1 }, (error) => {
+      clearTimeout(timer);
+      if (error) reject(new CheckFailed(`publishing to ${topic} failed: ${error.message}`));
+      else resolve();
+    });
+  });
+}
+
+function closeDevice(client) {
+  return new Promise((resolve) => {
+    if (!client) return resolve();
+    const timer = setTimeout(resolve, 2_000);
+    client.end(false, {}, () => { clearTimeout(timer); resolve(); });
+  });
+}
+
+// ---- The page -------------------------------------------------------------------------------
+
+/** Records what would be a bug in the console: uncaught errors and CSP violations. */
+function watchForProblems(page) {
+  const problems = [];
+  page.on('pageerror', (error) => problems.push(`uncaught error: ${error.message}`));
+  page.on('console', (message) => {
+    if (message.type() !== 'error') return;
+    const text = message.text();
+    if (/Content Security Policy|Refused to/i.test(text)) problems.push(`CSP violation: ${text}`);
+    else step(`  (console error: ${text})`);
+  });
+  return problems;
+}
+
+async function signInAndOpenMap(page, unitId) {
+  await page.goto(`${config.url}/#/map`);
+  await page.locator('input[name="tenant"]').waitFor({ timeout: RENDER_TIMEOUT_MS });
+  await page.locator('input[name="tenant"]').fill(config.tenant);
+  await page.locator('input[name="email"]').fill(config.email);
+  await page.locator('input[name="password"]').fill(config.password);
+  await page.locator('form button[type="submit"]').click();
+  try {
+    await page.locator('#emergency-map:not([data-seq=""])').waitFor({ timeout: RENDER_TIMEOUT_MS });
+  } catch {
+    const error = await page.locator('[role="alert"]').allTextContents().catch(() => []);
+    const shown = error.map((t) => t.trim()).filter(Boolean).join(' | ');
+    fail(`the map did not load its snapshot within ${RENDER_TIMEOUT_MS / 1000} s of signing in (address ${page.url()})${shown ? `; the page says: ${shown}` : ''}`);
+  }
+  if (!page.url().endsWith('#/map')) fail(`after signing in the dispatcher is at ${page.url()}, not #/map`);
+  const marker = page.locator(`[data-unit-id="${unitId}"]`);
+  await marker.waitFor({ state: 'attached', timeout: RENDER_TIMEOUT_MS })
+    .catch(() => fail(`the map has no marker with data-unit-id="${unitId}" for the unit registered before the page opened`));
+  const facilities = await page.locator('[data-facility-id]').count();
+  if (facilities === 0) fail('the map shows no facilities; the demo tenant has three');
+  return { facilities, seq: await page.locator('#emergency-map').getAttribute('data-seq') };
+}
+
+/** Marks the document, so that a reload (which would hide a broken live update) is detected. */
+async function markDocument(page) {
+  const marker = `no-reload-${Date.now()}-${Math.random().toString(36).slice(2)}`;
+  await page.evaluate((value) => { window.__medhubTestMarker = value; }, marker);
+  let loads = 0;
+  page.on('load', () => { loads += 1; });
+  return async () => {
+    const still = await page.evaluate(() => window.__medhubTestMarker).catch(() => undefined);
+    if (still !== marker || loads > 0) fail('the page was reloaded; the map must update in place');
+  };
+}
+
+async function waitForMarkerAt(page, unitId, lat, lon, what) {
+  const started = Date.now();
+  try {
+    await page.waitForFunction(
+      ([id, wantLat, wantLon]) => {
+        const element = document.querySelector(`[data-unit-id="${id}"]`);
+        if (!element || element.getAttribute('data-lat') === null) return false;
+        return Math.abs(Number(element.getAttribute('data-lat')) - wantLat) < 1e-9
+          && Math.abs(Number(element.getAttribute('data-lon')) - wantLon) < 1e-9;
+      },
+      [unitId, lat, lon],
+      { timeout: LIVE_TIMEOUT_MS },
+    );
+  } catch {
+    const element = page.locator(`[data-unit-id="${unitId}"]`);
+    const now = await element.evaluate((e) => `data-lat=${e.getAttribute('data-lat')} data-lon=${e.getAttribute('data-lon')} data-status=${e.getAttribute('data-status')}`).catch(() => 'no marker');
+    fail(`${what}: the marker of unit ${unitId} shows ${now} ${LIVE_TIMEOUT_MS / 1000} s after the fix at ${lat}, ${lon} was published`);
+  }
+  return Date.now() - started;
+}
+
+function fix(lat, lon, heading) {
+  return { lat, lon, speed: 12.5, heading, accuracy: 5, fix_time: new Date().toISOString() };
+}
+
+// ---- The run ----------------------------------------------------------------------------------
+
+async function main() {
+  if (!config.url) fail('set MEDHUB_URL to the hub, e.g. MEDHUB_URL=http://127.0.0.1:18126');
+  if (!/^[^:]+:\d+$/.test(config.mqtt) && !/^\[.*\]:\d+$/.test(config.mqtt)) fail('set MEDHUB_MQTT to the hub\'s MQTT endpoint as host:port, e.g. MEDHUB_MQTT=127.0.0.1:18830');
+  step(`hub ${config.url}, MQTT ${config.mqtt}, tenant ${config.tenant}, dispatcher ${config.email}, chromium ${config.chromium}`);
+
+  const admin = await apiLogin(config.adminEmail);
+  const callSign = `MAP-${Date.now().toString(36).toUpperCase()}`;
+  const unit = await api('POST', '/api/ambulances', { token: admin, body: { call_sign: callSign } });
+  const device = await api('POST', '/api/devices', { token: admin, body: { unit_id: unit.id, kind: 'ambulance', name: `map test ${callSign}` } });
+  if (!device?.username || !device?.password) fail(`POST /api/devices answered ${JSON.stringify(device)}; expected a username and password`);
+  step(`registered unit ${callSign} (${unit.id}) and its device ${device.username}`);
+
+  let browser;
+  let client;
+  const watchdog = setTimeout(async () => {
+    console.error(`FAIL: the run took longer than ${RUN_TIMEOUT_MS / 1000} s`);
+    process.exitCode = 1;
+    await Promise.race([Promise.all([browser?.close(), client?.end(true)]), new Promise((resolve) => setTimeout(resolve, 5_000))]);
+    process.exit(1);
+  }, RUN_TIMEOUT_MS);
+  try {
+    try {
+      browser = await chromium.launch({ executablePath: config.chromium, args: ['--no-sandbox'] });
+    } catch (error) {
+      fail(`cannot start Chromium at ${config.chromium}: ${error.message.split('\n')[0]}`);
+    }
+    const context = await browser.newContext({ viewport: { width: 1440, height: 960 } });
+    const page = await context.newPage();
+    const problems = watchForProblems(page);
+    const { facilities, seq } = await signInAndOpenMap(page, unit.id);
+    step(`signed in as ${config.email}; #/map shows ${facilities} facilities and the new unit's marker at seq ${seq}`);
+    const assertNotReloaded = await markDocument(page);
+
+    client = await connectDevice(device);
+    const topic = `medhub/${config.tenant}/ambulance/${unit.id}/gps`;
+    step(`device connected over MQTT; publishing to ${topic}`);
+
+    const first = fix(-1.2921 + Math.round(Math.random() * 1000) / 1e5, 36.8219 + Math.round(Math.random() * 1000) / 1e5, 45);
+    await publish(client, topic, first);
+    const took1 = await waitForMarkerAt(page, unit.id, first.lat, first.lon, 'first fix');
+    step(`check 1: the marker shows the first fix (${first.lat}, ${first.lon}) ${took1} ms after its PUBACK`);
+    const transform1 = await page.locator(`[data-unit-id="${unit.id}"]`).getAttribute('transform');
+
+    const second = fix(first.lat + 0.0123, first.lon - 0.0087, 315);
+    await publish(client, topic, second);
+    const took2 = await waitForMarkerAt(page, unit.id, second.lat, second.lon, 'second fix');
+    const transform2 = await page.locator(`[data-unit-id="${unit.id}"]`).getAttribute('transform');
+    if (transform1 === transform2) fail(`the marker's data moved but it is still drawn at ${transform2}`);
+    step(`check 2: the marker moved to the second fix (${second.lat}, ${second.lon}) ${took2} ms after its PUBACK (drawn ${transform1} → ${transform2})`);
+
+    await assertNotReloaded();
+    step('  no reload');
+    if (config.screenshot) {
+      await page.screenshot({ path: config.screenshot, fullPage: true });
+      step(`  screenshot: ${config.screenshot}`);
+    }
+    if (problems.length) fail(problems.join('\n'));
+    await context.close();
+  } finally {
+    clearTimeout(watchdog);
+    await closeDevice(client);
+    if (browser) await browser.close();
+  }
+}
+
+try {
+  await main();
+  step('PASS: GPS fixes published over MQTT move the unit on the open map');
+} catch (error) {
+  console.error(`FAIL: ${error instanceof CheckFailed ? error.message : error.stack || error}`);
+  process.exitCode = 1;
+}
