@@ -1,7 +1,8 @@
-//! The `hub` command line: `serve`, `demo`, `migrate` and `admin`.
+//! The `hub` command line: `serve`, `demo`, `simulate`, `migrate` and `admin`.
 
 use std::io::Read;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
@@ -9,7 +10,11 @@ use clap::{Parser, Subcommand};
 use medhub_actors::Role;
 
 use crate::config::{ConfigArgs, Settings};
-use crate::server::{self, Database};
+use tokio::sync::oneshot;
+use tracing::{info, warn};
+
+use crate::server::{self, Database, Listening};
+use crate::simulate::{self, SimulateOptions};
 use crate::{seed, telemetry};
 
 #[derive(Parser)]
@@ -25,13 +30,47 @@ struct Cli {
 enum Command {
     /// Run the hub (API, WebSocket, console) until SIGINT or SIGTERM.
     Serve,
-    /// Run the hub with a demo tenant ("demo"): a user for every role and three facilities.
-    Demo,
+    /// Run the hub with a demo tenant ("demo"): a user for every role, three facilities and four
+    /// ambulance units.
+    Demo {
+        /// Also start a simulator driving this many units (`hub simulate`), stopped with the hub.
+        #[arg(long, value_name = "UNITS")]
+        simulate: Option<usize>,
+    },
+    /// Simulated ambulance units: real MQTT clients that wander, answer dispatches, drive to the
+    /// scene and the hospital, and send vital signs. Runs until SIGINT or SIGTERM.
+    Simulate(SimulateArgs),
     /// Apply database migrations and exit.
     Migrate,
     /// Manage tenants and users.
     #[command(subcommand)]
     Admin(AdminCommand),
+}
+
+#[derive(clap::Args)]
+struct SimulateArgs {
+    /// How many units (call signs SIM-001…; existing ones are reused).
+    #[arg(long, default_value_t = 10)]
+    units: usize,
+    /// GPS fixes per second per unit.
+    #[arg(long, default_value_t = 1.0)]
+    rate: f64,
+    /// The tenant whose units these are.
+    #[arg(long, default_value = seed::DEMO_TENANT)]
+    tenant: String,
+    /// The hub's base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    hub: String,
+    /// The hub's MQTT endpoint, host:port.
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    mqtt: String,
+    /// The tenant admin who registers units and devices; the password comes from
+    /// MEDHUB_SIM_ADMIN_PASSWORD (default: the demo's).
+    #[arg(long, default_value = "admin@demo.medhub")]
+    admin_email: String,
+    /// Stop after this many seconds [default: run until stopped].
+    #[arg(long, value_name = "SECS")]
+    duration: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -81,6 +120,10 @@ pub fn main() -> ExitCode {
         }
     };
     telemetry::init_logging(&settings.log, settings.log_format);
+    if let Command::Simulate(args) = cli.command {
+        // A client of the hub, on a multi-threaded runtime of its own (many units).
+        return simulate(args);
+    }
     let result = actix_web::rt::System::new().block_on(run(cli.command, settings));
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -94,8 +137,18 @@ pub fn main() -> ExitCode {
 
 async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
     match command {
-        Command::Serve => server::serve(settings, false).await,
-        Command::Demo => server::serve(settings, true).await,
+        Command::Serve => server::serve(settings, false, None).await,
+        Command::Demo { simulate: None } => server::serve(settings, true, None).await,
+        Command::Demo { simulate: Some(units) } => {
+            let (ready_tx, ready_rx) = oneshot::channel();
+            let (stop_tx, stop_rx) = oneshot::channel();
+            let simulator = actix_web::rt::spawn(run_demo_simulator(units, ready_rx, stop_rx));
+            let served = server::serve(settings, true, Some(ready_tx)).await;
+            let _ = stop_tx.send(());
+            let _ = simulator.await;
+            served
+        }
+        Command::Simulate(_) => unreachable!("handled before the hub's settings are resolved"),
         Command::Migrate => {
             let database = Database::open(&settings).await?;
             database.migrate().await?;
@@ -109,6 +162,98 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             let result = run_admin(&database, admin).await;
             database.close().await;
             result
+        }
+    }
+}
+
+fn simulate(args: SimulateArgs) -> ExitCode {
+    let options = SimulateOptions {
+        units: args.units,
+        rate_hz: args.rate,
+        tenant: args.tenant,
+        hub_url: args.hub,
+        mqtt: args.mqtt,
+        admin_email: args.admin_email,
+        admin_password: std::env::var("MEDHUB_SIM_ADMIN_PASSWORD").unwrap_or_else(|_| seed::DEMO_PASSWORD.to_owned()),
+        duration: args.duration.map(Duration::from_secs),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("hub simulate: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(simulate::run(options)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "simulator failed");
+            eprintln!("hub simulate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `hub demo --simulate N`: once the hub listens, runs `hub simulate` (this same binary) against
+/// it as a child process, and stops it when the hub stops (or is told to by a signal).
+async fn run_demo_simulator(units: usize, ready: oneshot::Receiver<Listening>, stop: oneshot::Receiver<()>) {
+    let Ok(listening) = ready.await else { return };
+    let Some(mqtt_addr) = listening.mqtt_addr else {
+        warn!("the demo simulator needs the embedded MQTT endpoint; with an external broker run `hub simulate --mqtt host:port` yourself");
+        return;
+    };
+    let program = match std::env::current_exe() {
+        Ok(program) => program,
+        Err(e) => {
+            warn!(error = %e, "cannot find the hub binary; the demo runs without its simulator");
+            return;
+        }
+    };
+    let child = tokio::process::Command::new(program)
+        .args(["simulate", "--units", &units.to_string(), "--rate", "1", "--hub", &listening.url, "--mqtt", &mqtt_addr.to_string()])
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn();
+    let mut child = match child {
+        Ok(child) => child,
+        Err(e) => {
+            warn!(error = %e, "cannot start the simulator; the demo runs without it");
+            return;
+        }
+    };
+    info!(units, pid = child.id(), "demo simulator started");
+    tokio::select! {
+        status = child.wait() => {
+            warn!(status = ?status, "the demo simulator stopped on its own");
+            return;
+        }
+        _ = stop => {}
+        _ = termination_signal() => {}
+    }
+    if let Some(pid) = child.id() {
+        // SIGTERM lets the units disconnect cleanly; kill_on_drop is the fallback.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    }
+    match tokio::time::timeout(Duration::from_secs(15), child.wait()).await {
+        Ok(status) => info!(status = ?status, "demo simulator stopped"),
+        Err(_) => {
+            warn!("the demo simulator did not stop within 15 s; killing it");
+            let _ = child.kill().await;
+        }
+    }
+}
+
+async fn termination_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut terminate) => {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
         }
     }
 }

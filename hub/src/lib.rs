@@ -10,4 +10,5 @@ pub mod device_sink;
 pub mod embedded_pg;
 pub mod seed;
 pub mod server;
+pub mod simulate;
 pub mod telemetry;

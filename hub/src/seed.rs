@@ -16,7 +16,7 @@ use medhub_actors::pharmacy::{self, NewPrescription};
 use medhub_actors::formulary;
 use medhub_actors::patients::{self, Address, BirthDate, NewPatient, PatientDetails, PatientName, Phone, Sex};
 use medhub_actors::schedule::{AppointmentKind, Book, DayOfWeek, NewDoctor, WorkingHours};
-use medhub_actors::tenant::{CreateFacility, RegisterDoctor};
+use medhub_actors::tenant::{CreateFacility, RegisterAmbulance, RegisterDoctor};
 use medhub_actors::{Caller, GeoPoint, Principal, Role, TenantSlug};
 
 use crate::auth::{check_password_policy, hash_password};
@@ -166,6 +166,10 @@ pub async fn seed_demo(pool: &PgPool, runtime: &ActorRuntime) -> anyhow::Result<
         let location = GeoPoint::new(lat, lon).map_err(anyhow::Error::msg)?;
         let facility = NewFacility::new(name, kind, location, "Africa/Nairobi", wards)?;
         facility_ids.push(supervisor.send(CreateFacility { caller: caller.clone(), facility }).await??.id);
+    }
+    // Ambulance units for the dispatcher's map (they appear once their devices report positions).
+    for call_sign in ["AMB-01", "AMB-02", "AMB-03", "AMB-04"] {
+        supervisor.send(RegisterAmbulance { caller: caller.clone(), call_sign: call_sign.to_owned() }).await??;
     }
     let patient_ids = seed_clinic(pool, runtime, &caller, &ids, &facility_ids).await?;
     seed_pharmacy(pool, runtime, &caller, &ids, &facility_ids, &patient_ids).await?;

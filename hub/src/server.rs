@@ -6,6 +6,7 @@
 //! actors, close the pool, stop the embedded database. Nothing acknowledged is ever lost on the way:
 //! an acknowledgement is only sent after its commit.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use prometheus::{Encoder, Registry, TextEncoder};
 use serde_json::json;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection, PgPool};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tracing::{error, info, warn};
 
 use medhub_actors::metrics::ActorMetrics;
@@ -115,8 +116,19 @@ async fn create_database_if_missing(admin_url: &str, name: &str) -> anyhow::Resu
     Ok(())
 }
 
-/// Runs the hub until SIGINT or SIGTERM. With `demo`, seeds the demo tenant first.
-pub async fn serve(settings: Settings, demo: bool) -> anyhow::Result<()> {
+/// Where a started hub listens: told to whoever asked (`hub demo --simulate` starts its simulator
+/// with it).
+#[derive(Debug, Clone)]
+pub struct Listening {
+    /// `http://host:port` of the API, WebSocket and console.
+    pub url: String,
+    /// The embedded MQTT endpoint (`None` with an external broker).
+    pub mqtt_addr: Option<SocketAddr>,
+}
+
+/// Runs the hub until SIGINT or SIGTERM. With `demo`, seeds the demo tenant first. Once it
+/// listens, says where on `ready` (if given).
+pub async fn serve(settings: Settings, demo: bool, ready: Option<oneshot::Sender<Listening>>) -> anyhow::Result<()> {
     let database = Database::open(&settings).await?;
     database.migrate().await?;
     let pool = database.pool.clone();
@@ -215,6 +227,9 @@ pub async fn serve(settings: Settings, demo: bool) -> anyhow::Result<()> {
     let server_task = actix_web::rt::spawn(server);
 
     info!(url = %url, "hub listening");
+    if let Some(ready) = ready {
+        let _ = ready.send(Listening { url: url.clone(), mqtt_addr: gateway.local_addr() });
+    }
     if let Some(users) = demo_users {
         let mut banner = format!(
             "\n  medhub demo is running: open {url}/\n  tenant: {}   password for every user: {}\n",
