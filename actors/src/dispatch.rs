@@ -4,7 +4,8 @@
 //! a destination (the nearest facility with a free emergency bed). The unit is told over its
 //! command topic and must acknowledge (report `ack` or `en_route`) within the configured time, or
 //! the incident goes to the next unit. Every step is an event on the tenant's map topic (the
-//! incident's timeline), committed with its audit entry.
+//! incident's timeline), committed with its audit entry. Handlers are atomic: a unit's reports
+//! arriving in a burst are applied one after another, never against a stale copy.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -391,9 +392,16 @@ pub struct CreateIncident {
 }
 
 impl Handler<CreateIncident> for DispatchActor {
-    type Result = ResponseActFuture<Self, Result<Incident, ActorError>>;
+    type Result = AtomicResponse<Self, Result<Incident, ActorError>>;
 
-    fn handle(&mut self, msg: CreateIncident, _ctx: &mut Context<Self>) -> Self::Result {
+    /// Atomic: the next message waits until this one's commits are done (single writer).
+    fn handle(&mut self, msg: CreateIncident, ctx: &mut Context<Self>) -> Self::Result {
+        AtomicResponse::new(self.create_incident(msg, ctx))
+    }
+}
+
+impl DispatchActor {
+    fn create_incident(&mut self, msg: CreateIncident, _ctx: &mut Context<Self>) -> ResponseActFuture<Self, Result<Incident, ActorError>> {
         if !self.loaded {
             return Box::pin(fut::ready(Err(ActorError::Unavailable("dispatch is loading; retry shortly".to_owned()))));
         }
@@ -435,9 +443,16 @@ pub struct UnitProgress {
 }
 
 impl Handler<UnitProgress> for DispatchActor {
-    type Result = ResponseActFuture<Self, ()>;
+    type Result = AtomicResponse<Self, ()>;
 
-    fn handle(&mut self, msg: UnitProgress, _ctx: &mut Context<Self>) -> Self::Result {
+    /// Atomic: the next message waits until this one's commits are done (single writer).
+    fn handle(&mut self, msg: UnitProgress, ctx: &mut Context<Self>) -> Self::Result {
+        AtomicResponse::new(self.follow_unit(msg, ctx))
+    }
+}
+
+impl DispatchActor {
+    fn follow_unit(&mut self, msg: UnitProgress, _ctx: &mut Context<Self>) -> ResponseActFuture<Self, ()> {
         let Some((mut incident, _)) = self.incidents.values().find(|(i, _)| i.unit_id == Some(msg.unit_id)).cloned() else {
             return Box::pin(fut::ready(()));
         };
@@ -471,9 +486,16 @@ struct AckTimeout {
 }
 
 impl Handler<AckTimeout> for DispatchActor {
-    type Result = ResponseActFuture<Self, ()>;
+    type Result = AtomicResponse<Self, ()>;
 
-    fn handle(&mut self, msg: AckTimeout, _ctx: &mut Context<Self>) -> Self::Result {
+    /// Atomic: the next message waits until this one's commits are done (single writer).
+    fn handle(&mut self, msg: AckTimeout, ctx: &mut Context<Self>) -> Self::Result {
+        AtomicResponse::new(self.ack_timed_out(msg, ctx))
+    }
+}
+
+impl DispatchActor {
+    fn ack_timed_out(&mut self, msg: AckTimeout, _ctx: &mut Context<Self>) -> ResponseActFuture<Self, ()> {
         let still_waiting = self.incidents.get(&msg.incident_id).is_some_and(|(i, _)| i.status == "dispatched" && i.unit_id == Some(msg.unit_id));
         if !still_waiting {
             return Box::pin(fut::ready(()));
@@ -519,9 +541,16 @@ pub struct CancelIncident {
 }
 
 impl Handler<CancelIncident> for DispatchActor {
-    type Result = ResponseActFuture<Self, Result<Incident, ActorError>>;
+    type Result = AtomicResponse<Self, Result<Incident, ActorError>>;
 
-    fn handle(&mut self, msg: CancelIncident, _ctx: &mut Context<Self>) -> Self::Result {
+    /// Atomic: the next message waits until this one's commits are done (single writer).
+    fn handle(&mut self, msg: CancelIncident, ctx: &mut Context<Self>) -> Self::Result {
+        AtomicResponse::new(self.cancel_incident(msg, ctx))
+    }
+}
+
+impl DispatchActor {
+    fn cancel_incident(&mut self, msg: CancelIncident, _ctx: &mut Context<Self>) -> ResponseActFuture<Self, Result<Incident, ActorError>> {
         let Some((mut incident, _)) = self.incidents.get(&msg.incident_id).cloned() else {
             return Box::pin(fut::ready(Err(ActorError::NotFound("open incident"))));
         };
