@@ -700,11 +700,67 @@ async fn incident_reaches(api: &Api, id: &str, status: &str) -> Value {
     }
 }
 
+/// Where the story's devices connect: the hub's own endpoint, or an external mosquitto that the
+/// hub is a client of (whose password and ACL files are rewritten once the devices exist).
+enum Endpoint<'a> {
+    Embedded(SocketAddr),
+    External { broker: &'a Mosquitto, dir: &'a Path, pool: &'a sqlx::PgPool },
+}
+
+impl Endpoint<'_> {
+    /// Call once every device is registered.
+    async fn devices_registered(&self) {
+        if let Endpoint::External { broker, dir, pool } = self {
+            let login = medhub_device_gateway::BrokerLogin { username: "medhub-hub", password: "hub-broker-secret" };
+            medhub_device_gateway::write_mosquitto_files(pool, dir, login).await.unwrap();
+            broker.reload();
+        }
+    }
+
+    async fn connect(&self, login: &Login) -> Mqtt {
+        match self {
+            Endpoint::Embedded(addr) => Mqtt::login(*addr, login).await,
+            Endpoint::External { broker, .. } => {
+                // mosquitto knows the device once it has reloaded its files.
+                let deadline = Instant::now() + Duration::from_secs(10);
+                loop {
+                    let client_id = format!("c-{}", Uuid::new_v4().simple());
+                    match Mqtt::connect(options(broker.addr(), &client_id, &login.username, &login.password)).await {
+                        Ok(mqtt) => return mqtt,
+                        Err(error) => assert!(Instant::now() < deadline, "mosquitto never let the device in: {error}"),
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_sos_goes_to_the_nearest_unit_then_the_next_when_it_stays_silent_and_is_followed_to_the_hospital() {
     let world = World::start_with(1, |options| options.arg("--mqtt-listen", "127.0.0.1:0").arg("--dispatch-ack-timeout-secs", 2)).await;
     let addr = mqtt_addr(&world.hub).await;
-    let admin = &world.admin;
+    sos_story(&world.hub, &world.tenant, &world.admin, &Endpoint::Embedded(addr)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_mosquitto_the_same_sos_is_dispatched_and_followed_to_the_hospital() {
+    let db = TestDb::start().await;
+    let tenant = db.tenant("alpha").await;
+    let dir = db.scratch("mosquitto");
+    let hub_login = medhub_device_gateway::BrokerLogin { username: "medhub-hub", password: "hub-broker-secret" };
+    let files = medhub_device_gateway::write_mosquitto_files(&db.pool, &dir, hub_login).await.unwrap();
+    let broker = Mosquitto::start(&dir, &files);
+    let url = format!("mqtt://medhub-hub:hub-broker-secret@127.0.0.1:{}", broker.port);
+    let hub = common::spawn_hub_with(HubOptions::serve(&db).arg("--mqtt-broker-url", url).arg("--dispatch-ack-timeout-secs", 2)).await;
+    metric_reaches(&hub, "medhub_mqtt_broker_connected", 1.0).await;
+    let admin = hub.login(&tenant, Role::Admin).await;
+    sos_story(&hub, &tenant, &admin, &Endpoint::External { broker: &broker, dir: &dir, pool: &db.pool }).await;
+}
+
+/// SOS → the nearest unit (checked by brute force) → silence → the next unit → acknowledged, on
+/// scene, transporting, arrived by geofence, closed; the whole timeline audited.
+async fn sos_story(hub: &Hub, tenant: &common::Tenant, admin: &Api, endpoint: &Endpoint<'_>) {
     let hospital = admin
         .post("/api/facilities", json!({"name": "Alpha Emergency", "kind": "hospital", "location": {"lat": -1.2800, "lon": 36.8300},
                                        "timezone": "Africa/Nairobi", "wards": [{"name": "Emergency", "kind": "emergency", "beds": ["E1"]}]}))
@@ -713,11 +769,15 @@ async fn an_sos_goes_to_the_nearest_unit_then_the_next_when_it_stays_silent_and_
         .expect(201);
     let scene = (-1.3000, 36.8000);
     let starts = [("AMB-01", (-1.3100, 36.8050)), ("AMB-02", (-1.2950, 36.7800)), ("AMB-03", (-1.2000, 36.9000))];
-    let mut units = Vec::new();
+    let mut logins = Vec::new();
     for (call_sign, at) in starts {
         let id = unit(admin, call_sign).await;
-        let login = device(admin, "alpha", id, "ambulance").await;
-        let mut mqtt = Mqtt::login(addr, &login).await;
+        logins.push((id, device(admin, "alpha", id, "ambulance").await, at));
+    }
+    endpoint.devices_registered().await;
+    let mut units = Vec::new();
+    for (id, login, at) in logins {
+        let mut mqtt = endpoint.connect(&login).await;
         mqtt.client.subscribe(login.topic("cmd"), QoS::AtLeastOnce).await.unwrap();
         mqtt.suback().await;
         mqtt.client.publish(login.topic("gps"), QoS::AtLeastOnce, false, gps_fix(at.0, at.1, &now())).await.unwrap();
@@ -736,7 +796,7 @@ async fn an_sos_goes_to_the_nearest_unit_then_the_next_when_it_stays_silent_and_
     order.sort_by(|a, b| haversine_km(units[*a].3, scene).total_cmp(&haversine_km(units[*b].3, scene)));
     let (first, second) = (order[0], order[1]);
 
-    let dispatcher = world.hub.login(&world.tenant, Role::Dispatcher).await;
+    let dispatcher = hub.login(tenant, Role::Dispatcher).await;
     let incident = dispatcher
         .post("/api/incidents", json!({"location": {"lat": scene.0, "lon": scene.1}, "priority": "critical", "description": "SOS: chest pain"}))
         .await
