@@ -7,6 +7,14 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+/// The snake_case name serde gives a unit enum variant (how enums are stored in text columns).
+pub(crate) fn enum_name<T: Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(name)) => name,
+        _ => unreachable!("unit enum variants serialise to strings"),
+    }
+}
+
 /// A user's role within their tenant. It decides what they may read, change and watch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -19,7 +19,7 @@ use tracing::{info, info_span, Instrument};
 use uuid::Uuid;
 
 use crate::audit::AuditRecord;
-use crate::domain::{Caller, GeoPoint, TenantSlug};
+use crate::domain::{enum_name, Caller, GeoPoint, TenantSlug};
 use crate::durable::{self, Core, DurableActor, DurableState, Reply};
 use crate::error::ActorError;
 use crate::metrics::ActorMetrics;
@@ -427,14 +427,6 @@ async fn bump_version(conn: &mut PgConnection, facility_id: Uuid, version: i64) 
         .execute(conn)
         .await?;
     Ok(())
-}
-
-/// The snake_case name serde gives a unit enum variant.
-fn enum_name<T: Serialize>(value: &T) -> String {
-    match serde_json::to_value(value) {
-        Ok(Value::String(name)) => name,
-        _ => unreachable!("unit enum variants serialise to strings"),
-    }
 }
 
 /// Everything a command commits, prepared against the current state before any I/O.

@@ -28,7 +28,7 @@ use tracing::{info, info_span, warn, Instrument};
 use uuid::Uuid;
 
 use crate::audit::AuditRecord;
-use crate::domain::{Caller, TenantSlug};
+use crate::domain::{enum_name, Caller, TenantSlug};
 use crate::durable::{self, Core, DurableActor, DurableState, Reply};
 use crate::error::ActorError;
 use crate::metrics::ActorMetrics;
@@ -626,13 +626,6 @@ async fn write_projection(conn: &mut PgConnection, tenant_id: Uuid, plan: &Plan)
     .execute(&mut *conn)
     .await?;
     Ok(())
-}
-
-fn enum_name<T: Serialize>(value: &T) -> String {
-    match serde_json::to_value(value) {
-        Ok(Value::String(name)) => name,
-        _ => unreachable!("unit enum variants serialise to strings"),
-    }
 }
 
 /// The overlap constraints' names, as the database reports them.

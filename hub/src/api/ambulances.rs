@@ -8,7 +8,7 @@ use serde_json::json;
 
 use medhub_actors::ambulance::{self, GetUnit, SetStatus, UnitStatus};
 use medhub_actors::tenant::RegisterAmbulance;
-use medhub_actors::{ActorError, Role};
+use medhub_actors::Role;
 
 use super::error::ApiError;
 use super::extract::{path_id, Authenticated, Body};
@@ -23,10 +23,6 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/api/ambulances/{id}", web::get().to(get))
         .route("/api/ambulances/{id}/status", web::put().to(set_status))
         .route("/api/ambulances/{id}/track", web::get().to(track));
-}
-
-fn mailbox(e: actix::MailboxError) -> ApiError {
-    ActorError::from(e).into()
 }
 
 fn unit_json(unit: &ambulance::Unit) -> serde_json::Value {
@@ -48,7 +44,7 @@ async fn register(state: web::Data<AppState>, caller: Authenticated, body: Body)
     let body: RegisterBody = body.parse()?;
     let principal = caller.principal();
     let supervisor = state.runtime.tenant(principal.tenant_id, &principal.tenant_slug)?;
-    let unit = supervisor.send(RegisterAmbulance { caller: caller.0.clone(), call_sign: body.call_sign }).await.map_err(mailbox)??;
+    let unit = supervisor.send(RegisterAmbulance { caller: caller.0.clone(), call_sign: body.call_sign }).await??;
     Ok(HttpResponse::Created().json(unit_json(&unit)))
 }
 
@@ -65,7 +61,7 @@ async fn actor_of(state: &AppState, caller: &Authenticated, path: &str) -> Resul
 
 async fn get(state: web::Data<AppState>, caller: Authenticated, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
     caller.require(WATCHERS, "see ambulances")?;
-    let unit = actor_of(&state, &caller, &path).await?.send(GetUnit).await.map_err(mailbox)??;
+    let unit = actor_of(&state, &caller, &path).await?.send(GetUnit).await??;
     Ok(HttpResponse::Ok().json(unit_json(&unit)))
 }
 
@@ -89,7 +85,7 @@ async fn set_status(state: web::Data<AppState>, caller: Authenticated, path: web
     let unit = actor
         .send(SetStatus { caller: Some(caller.0.clone()), status, incident_id: None, destination: None, reason })
         .await
-        .map_err(mailbox)??;
+        ??;
     Ok(HttpResponse::Ok().json(unit_json(&unit)))
 }
 

@@ -119,6 +119,13 @@ impl From<ActorError> for ApiError {
     }
 }
 
+/// An actor that cannot take a message (stopped, restarting, shutting down): 503, retry.
+impl From<actix::MailboxError> for ApiError {
+    fn from(e: actix::MailboxError) -> ApiError {
+        ActorError::from(e).into()
+    }
+}
+
 impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> ApiError {
         match e {

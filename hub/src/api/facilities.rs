@@ -71,7 +71,7 @@ async fn create(state: web::Data<AppState>, caller: Authenticated, body: Body) -
     let new = NewFacility::new(&body.name, body.kind, body.location, &body.timezone, wards)?;
     let principal = caller.principal();
     let supervisor = state.runtime.tenant(principal.tenant_id, &principal.tenant_slug)?;
-    let created = supervisor.send(CreateFacility { caller: caller.0.clone(), facility: new }).await.map_err(medhub_actors::ActorError::from)??;
+    let created = supervisor.send(CreateFacility { caller: caller.0.clone(), facility: new }).await??;
     Ok(HttpResponse::Created().json(created))
 }
 
@@ -80,7 +80,7 @@ async fn get(state: web::Data<AppState>, caller: Authenticated, path: web::Path<
     let facility_id = path_id(&path, "facility")?;
     let principal = caller.principal();
     let actor = state.runtime.facility(principal.tenant_id, &principal.tenant_slug, facility_id).await?;
-    let facility = actor.send(GetFacility).await.map_err(medhub_actors::ActorError::from)??;
+    let facility = actor.send(GetFacility).await??;
     Ok(HttpResponse::Ok().json(facility))
 }
 
@@ -95,7 +95,7 @@ async fn add_ward(
     let ward = body.parse::<WardBody>()?.parse()?;
     let principal = caller.principal();
     let actor = state.runtime.facility(principal.tenant_id, &principal.tenant_slug, facility_id).await?;
-    let facility = actor.send(AddWard { caller: caller.0.clone(), ward }).await.map_err(medhub_actors::ActorError::from)??;
+    let facility = actor.send(AddWard { caller: caller.0.clone(), ward }).await??;
     Ok(HttpResponse::Created().json(facility))
 }
 
@@ -127,7 +127,7 @@ async fn change_bed_status(
     let changed = actor
         .send(ChangeBedStatus { caller: caller.0.clone(), bed_id, status: body.status, patient_id: body.patient_id })
         .await
-        .map_err(medhub_actors::ActorError::from)??;
+        ??;
     Ok(HttpResponse::Ok().json(changed))
 }
 
@@ -145,6 +145,6 @@ async fn inject_panic(state: web::Data<AppState>, caller: Authenticated, path: w
     let facility_id = path_id(&path, "facility")?;
     let principal = caller.principal();
     let actor = state.runtime.facility(principal.tenant_id, &principal.tenant_slug, facility_id).await?;
-    actor.send(InjectPanic).await.map_err(medhub_actors::ActorError::from)??;
+    actor.send(InjectPanic).await??;
     Ok(HttpResponse::NoContent().finish())
 }

@@ -7,7 +7,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use medhub_actors::dispatch::{self, CancelIncident, CreateIncident, Priority};
-use medhub_actors::{ActorError, GeoPoint, Role};
+use medhub_actors::{GeoPoint, Role};
 
 use super::error::ApiError;
 use super::extract::{path_id, Authenticated, Body};
@@ -20,10 +20,6 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/api/incidents", web::get().to(list))
         .route("/api/incidents/{id}/timeline", web::get().to(timeline))
         .route("/api/incidents/{id}/cancel", web::post().to(cancel));
-}
-
-fn mailbox(e: actix::MailboxError) -> ApiError {
-    ActorError::from(e).into()
 }
 
 #[derive(Deserialize)]
@@ -69,7 +65,7 @@ async fn create(state: web::Data<AppState>, caller: Authenticated, body: Body) -
     let incident = dispatch
         .send(CreateIncident { caller: caller.0.clone(), location: body.location, priority: body.priority, description, patient_id })
         .await
-        .map_err(mailbox)??;
+        ??;
     Ok(HttpResponse::Created().json(incident))
 }
 
@@ -112,6 +108,6 @@ async fn cancel(state: web::Data<AppState>, caller: Authenticated, path: web::Pa
     }
     let principal = caller.principal();
     let dispatch = state.runtime.dispatch(principal.tenant_id, &principal.tenant_slug).await?;
-    let incident = dispatch.send(CancelIncident { caller: caller.0.clone(), incident_id: id, reason }).await.map_err(mailbox)??;
+    let incident = dispatch.send(CancelIncident { caller: caller.0.clone(), incident_id: id, reason }).await??;
     Ok(HttpResponse::Ok().json(incident))
 }

@@ -54,10 +54,6 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/api/prescriptions/{id}/refill", web::post().to(refill));
 }
 
-fn mailbox(e: actix::MailboxError) -> ApiError {
-    ActorError::from(e).into()
-}
-
 // ---------------------------------------------------------------------------------------------
 // Medications and stock
 
@@ -173,7 +169,7 @@ async fn receive(state: web::Data<AppState>, caller: Authenticated, body: Body) 
     let batch = NewBatch::new(body.pharmacy_id, body.medication_id, &body.batch_number, body.expiry_date, body.quantity, body.location)?;
     let principal = caller.principal();
     let supervisor = state.runtime.tenant(principal.tenant_id, &principal.tenant_slug)?;
-    let received = supervisor.send(ReceiveBatch { caller: caller.0.clone(), batch }).await.map_err(mailbox)??;
+    let received = supervisor.send(ReceiveBatch { caller: caller.0.clone(), batch }).await??;
     Ok(HttpResponse::Created().json(batch_json(&received)))
 }
 
@@ -194,7 +190,7 @@ async fn batch_actor(state: &AppState, caller: &Authenticated, path: &str) -> Re
 
 async fn get_batch(state: web::Data<AppState>, caller: Authenticated, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
     caller.require(STOCK_READERS, "see stock")?;
-    let batch = batch_actor(&state, &caller, &path).await?.send(GetBatch).await.map_err(mailbox)??;
+    let batch = batch_actor(&state, &caller, &path).await?.send(GetBatch).await??;
     Ok(HttpResponse::Ok().json(batch_json(&batch)))
 }
 
@@ -211,7 +207,7 @@ async fn adjust(state: web::Data<AppState>, caller: Authenticated, path: web::Pa
     caller.require(STOCK_KEEPERS, "adjust stock")?;
     let actor = batch_actor(&state, &caller, &path).await?;
     let body: AdjustBody = body.parse()?;
-    let batch = actor.send(Adjust { caller: caller.0.clone(), delta: body.delta, reason: body.reason, note: body.note }).await.map_err(mailbox)??;
+    let batch = actor.send(Adjust { caller: caller.0.clone(), delta: body.delta, reason: body.reason, note: body.note }).await??;
     Ok(HttpResponse::Ok().json(batch_json(&batch)))
 }
 
@@ -226,7 +222,7 @@ async fn remove(state: web::Data<AppState>, caller: Authenticated, path: web::Pa
     caller.require(STOCK_KEEPERS, "remove stock")?;
     let actor = batch_actor(&state, &caller, &path).await?;
     let body: ReasonBody = body.parse()?;
-    let batch = actor.send(Remove { caller: caller.0.clone(), reason: body.reason }).await.map_err(mailbox)??;
+    let batch = actor.send(Remove { caller: caller.0.clone(), reason: body.reason }).await??;
     Ok(HttpResponse::Ok().json(batch_json(&batch)))
 }
 
@@ -236,8 +232,8 @@ async fn recall(state: web::Data<AppState>, caller: Authenticated, path: web::Pa
     caller.require(STOCK_KEEPERS, "recall batches")?;
     let actor = batch_actor(&state, &caller, &path).await?;
     let body: ReasonBody = body.parse()?;
-    let released = actor.send(Recall { caller: caller.0.clone(), reason: body.reason }).await.map_err(mailbox)??;
-    let batch = actor.send(GetBatch).await.map_err(mailbox)??;
+    let released = actor.send(Recall { caller: caller.0.clone(), reason: body.reason }).await??;
+    let batch = actor.send(GetBatch).await??;
     let ids: Vec<Uuid> = released.keys().copied().collect();
     let affected = pharmacy::prescriptions_of(&state.pool, caller.principal().tenant_id, &ids).await?;
     let affected: Vec<serde_json::Value> = affected

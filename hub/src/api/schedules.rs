@@ -45,10 +45,6 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/api/appointments/{id}/complete", web::post().to(complete));
 }
 
-fn mailbox(e: actix::MailboxError) -> ApiError {
-    ActorError::from(e).into()
-}
-
 // ---------------------------------------------------------------------------------------------
 // Doctors
 
@@ -68,7 +64,7 @@ async fn register_doctor(state: web::Data<AppState>, caller: Authenticated, body
     let doctor = NewDoctor::new(body.user_id, body.specialties, body.facility_id, body.consult_minutes, body.working_hours)?;
     let principal = caller.principal();
     let supervisor = state.runtime.tenant(principal.tenant_id, &principal.tenant_slug)?;
-    let schedule = supervisor.send(RegisterDoctor { caller: caller.0.clone(), doctor }).await.map_err(mailbox)??;
+    let schedule = supervisor.send(RegisterDoctor { caller: caller.0.clone(), doctor }).await??;
     Ok(HttpResponse::Created().json(doctor_json(&schedule)))
 }
 
@@ -119,7 +115,7 @@ async fn list_doctors(state: web::Data<AppState>, caller: Authenticated, query: 
     let mut answer = Vec::with_capacity(found.len());
     for (distance_km, doctor) in found {
         let actor = state.runtime.schedule(principal.tenant_id, &principal.tenant_slug, doctor.id).await?;
-        let next = actor.send(NextFreeSlot { days: 14 }).await.map_err(mailbox)??;
+        let next = actor.send(NextFreeSlot { days: 14 }).await??;
         let mut entry = json!(doctor);
         entry["distance_km"] = json!(distance_km.map(|km| (km * 100.0).round() / 100.0));
         entry["next_free_slot"] = json!(next);
@@ -132,7 +128,7 @@ async fn get_doctor(state: web::Data<AppState>, caller: Authenticated, path: web
     let doctor_id = path_id(&path, "doctor")?;
     let principal = caller.principal();
     let actor = state.runtime.schedule(principal.tenant_id, &principal.tenant_slug, doctor_id).await?;
-    let schedule = actor.send(GetSchedule).await.map_err(mailbox)??;
+    let schedule = actor.send(GetSchedule).await??;
     Ok(HttpResponse::Ok().json(doctor_json(&schedule)))
 }
 
@@ -141,7 +137,7 @@ async fn own_schedule(state: &AppState, caller: &Authenticated, doctor_id: Uuid)
     let principal = caller.principal();
     let actor = state.runtime.schedule(principal.tenant_id, &principal.tenant_slug, doctor_id).await?;
     if principal.role != Role::Admin {
-        let schedule = actor.send(GetSchedule).await.map_err(mailbox)??;
+        let schedule = actor.send(GetSchedule).await??;
         if principal.role != Role::Doctor || schedule.profile.user_id != principal.user_id {
             return Err(ApiError::Forbidden("only an admin or the doctor themself may change a doctor's hours and time off".into()));
         }
@@ -163,7 +159,7 @@ async fn set_hours(state: web::Data<AppState>, caller: Authenticated, path: web:
     let schedule = actor
         .send(SetHours { caller: caller.0.clone(), working_hours: body.working_hours, consult_minutes: body.consult_minutes })
         .await
-        .map_err(mailbox)??;
+        ??;
     Ok(HttpResponse::Ok().json(doctor_json(&schedule)))
 }
 
@@ -182,14 +178,14 @@ async fn add_time_off(state: web::Data<AppState>, caller: Authenticated, path: w
     let off = actor
         .send(AddTimeOff { caller: caller.0.clone(), start: body.start, end: body.end, reason: body.reason })
         .await
-        .map_err(mailbox)??;
+        ??;
     Ok(HttpResponse::Created().json(off))
 }
 
 async fn remove_time_off(state: web::Data<AppState>, caller: Authenticated, path: web::Path<(String, String)>) -> Result<HttpResponse, ApiError> {
     let (doctor_id, time_off_id) = (path_id(&path.0, "doctor")?, path_id(&path.1, "time off")?);
     let actor = own_schedule(&state, &caller, doctor_id).await?;
-    actor.send(RemoveTimeOff { caller: caller.0.clone(), time_off_id }).await.map_err(mailbox)??;
+    actor.send(RemoveTimeOff { caller: caller.0.clone(), time_off_id }).await??;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -214,11 +210,11 @@ async fn availability(
     let doctor_id = path_id(&path, "doctor")?;
     let principal = caller.principal();
     let actor = state.runtime.schedule(principal.tenant_id, &principal.tenant_slug, doctor_id).await?;
-    let schedule = actor.send(GetSchedule).await.map_err(mailbox)??;
+    let schedule = actor.send(GetSchedule).await??;
     let today = Utc::now().with_timezone(&schedule.zone()).date_naive();
     let from = query.from.as_deref().map(|v| parse_date("from", v)).transpose()?.unwrap_or(today);
     let to = query.to.as_deref().map(|v| parse_date("to", v)).transpose()?.unwrap_or(from + Duration::days(6));
-    let slots = actor.send(Availability { from, to }).await.map_err(mailbox)??;
+    let slots = actor.send(Availability { from, to }).await??;
     Ok(HttpResponse::Ok().json(json!({
         "doctor_id": doctor_id, "timezone": schedule.profile.timezone, "from": from, "to": to,
         "consult_minutes": schedule.profile.consult_minutes, "slots": slots,
@@ -294,7 +290,7 @@ async fn book(state: web::Data<AppState>, caller: Authenticated, body: Body) -> 
             reason,
         })
         .await
-        .map_err(mailbox)??;
+        ??;
     Ok(HttpResponse::Created().json(booked))
 }
 
@@ -339,7 +335,7 @@ async fn reschedule(state: web::Data<AppState>, caller: Authenticated, path: web
     let moved = actor
         .send(Reschedule { caller: caller.0.clone(), appointment_id: id, start: body.start, end: body.end })
         .await
-        .map_err(mailbox)??;
+        ??;
     Ok(HttpResponse::Ok().json(moved))
 }
 
@@ -353,13 +349,13 @@ async fn cancel(state: web::Data<AppState>, caller: Authenticated, path: web::Pa
     let id = path_id(&path, "appointment")?;
     let (_, actor) = appointment_for(&state, &caller, id, WITH_PATIENT, "cancel appointments").await?;
     let body: CancelBody = body.parse()?;
-    let cancelled = actor.send(Cancel { caller: caller.0.clone(), appointment_id: id, reason: body.reason }).await.map_err(mailbox)??;
+    let cancelled = actor.send(Cancel { caller: caller.0.clone(), appointment_id: id, reason: body.reason }).await??;
     Ok(HttpResponse::Ok().json(cancelled))
 }
 
 async fn advance(state: &AppState, caller: &Authenticated, id: Uuid, transition: Transition, roles: &[Role], doing: &str) -> Result<HttpResponse, ApiError> {
     let (_, actor) = appointment_for(state, caller, id, roles, doing).await?;
-    let changed = actor.send(Advance { caller: caller.0.clone(), appointment_id: id, transition }).await.map_err(mailbox)??;
+    let changed = actor.send(Advance { caller: caller.0.clone(), appointment_id: id, transition }).await??;
     Ok(HttpResponse::Ok().json(changed))
 }
 
