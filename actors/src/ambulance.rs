@@ -465,7 +465,7 @@ impl Handler<PositionFix> for AmbulanceActor {
         unit.position = Some(fix);
         let data = json!({"unit_id": unit.id, "call_sign": unit.call_sign, "status": unit.status, "lat": fix.position.lat(), "lon": fix.position.lon(),
                           "speed": fix.speed_mps, "heading": fix.heading_deg, "accuracy": fix.accuracy_m, "fix_time": fix.fix_time});
-        self.live.publish(&topic, UNIT_POSITION, &data);
+        self.live.publish(&topic, UNIT_POSITION, &unit.id.to_string(), &data);
         // Arrival: a transporting unit inside its destination's geofence is at the hospital.
         if let (UnitStatus::Transporting, Some(destination)) = (unit.status, unit.destination_point) {
             let metres = crate::schedule::distance_km(fix.position, destination) * 1000.0;
@@ -492,7 +492,7 @@ impl Handler<VitalsReading> for AmbulanceActor {
         let data = json!({"unit_id": unit.id, "incident_id": unit.incident_id, "vitals": vitals, "news2": scored});
         let previous_band = unit.vitals.as_ref().map(|(_, before)| before.band());
         unit.vitals = Some((*vitals, scored.clone()));
-        self.live.publish(&topic, UNIT_VITALS, &data);
+        self.live.publish(&topic, UNIT_VITALS, &unit.id.to_string(), &data);
         // A patient on the way whose score reaches medium or high: tell the receiving facility now
         // (again only when the band rises, not on every reading).
         let rising = previous_band.is_none_or(|before| scored.band() > before);

@@ -1,19 +1,28 @@
 //! Where the device gateway delivers what units say: GPS fixes and vitals to the unit's actor,
 //! status reports (including the acknowledgement of a dispatch) as status changes of the unit,
 //! which the tenant's dispatch actor follows. Counted per kind and outcome in `/metrics`.
+//!
+//! Unit addresses are cached: a fleet reporting every second would otherwise ask its tenant's
+//! supervisor once per message. Supervised actors keep their address across restarts, so an entry
+//! only goes stale when the unit's actor stops for good; it is then dropped and asked for again.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use actix::{Addr, MailboxError};
+use uuid::Uuid;
 
 use prometheus::{IntCounterVec, Opts, Registry};
 use tracing::debug;
 
-use medhub_actors::ambulance::{PositionFix, SetStatus, UnitStatus, VitalsReading};
+use medhub_actors::ambulance::{AmbulanceActor, PositionFix, SetStatus, UnitStatus, VitalsReading};
 use medhub_actors::devices::{DeviceFuture, DeviceIdentity, DeviceMessage, DeviceSink};
 use medhub_actors::runtime::ActorRuntime;
 use medhub_actors::ActorError;
 
 pub struct ActorSink {
     runtime: Arc<ActorRuntime>,
+    units: Arc<RwLock<HashMap<Uuid, Addr<AmbulanceActor>>>>,
     delivered: IntCounterVec,
 }
 
@@ -24,7 +33,7 @@ impl ActorSink {
             &["kind", "outcome"],
         )?;
         registry.register(Box::new(delivered.clone()))?;
-        Ok(ActorSink { runtime, delivered })
+        Ok(ActorSink { runtime, units: Arc::default(), delivered })
     }
 }
 
@@ -38,9 +47,19 @@ fn reported_status(report: &str) -> Result<UnitStatus, ActorError> {
     }
 }
 
+/// The unit's actor, from the cache or from its tenant's supervisor.
+async fn unit_actor(runtime: &ActorRuntime, units: &RwLock<HashMap<Uuid, Addr<AmbulanceActor>>>, from: &DeviceIdentity) -> Result<Addr<AmbulanceActor>, ActorError> {
+    if let Some(addr) = units.read().expect("unit cache lock").get(&from.unit_id).filter(|addr| addr.connected()) {
+        return Ok(addr.clone());
+    }
+    let addr = runtime.ambulance(from.tenant_id, &from.tenant, from.unit_id).await?;
+    units.write().expect("unit cache lock").insert(from.unit_id, addr.clone());
+    Ok(addr)
+}
+
 impl DeviceSink for ActorSink {
     fn deliver(&self, from: DeviceIdentity, message: DeviceMessage) -> DeviceFuture<()> {
-        let (runtime, delivered) = (self.runtime.clone(), self.delivered.clone());
+        let (runtime, units, delivered) = (self.runtime.clone(), self.units.clone(), self.delivered.clone());
         Box::pin(async move {
             let kind = match &message {
                 DeviceMessage::Gps(_) => "gps",
@@ -48,14 +67,18 @@ impl DeviceSink for ActorSink {
                 DeviceMessage::Status(_) => "status",
             };
             let outcome = async {
-                let unit = runtime.ambulance(from.tenant_id, &from.tenant, from.unit_id).await?;
+                let unit = unit_actor(&runtime, &units, &from).await?;
+                let forget = |e: MailboxError| {
+                    units.write().expect("unit cache lock").remove(&from.unit_id);
+                    ActorError::from(e)
+                };
                 match message {
-                    DeviceMessage::Gps(fix) => unit.send(PositionFix(fix)).await?,
-                    DeviceMessage::Vitals(vitals) => unit.send(VitalsReading(vitals)).await?.map(|_| ()),
+                    DeviceMessage::Gps(fix) => unit.send(PositionFix(fix)).await.map_err(forget)?,
+                    DeviceMessage::Vitals(vitals) => unit.send(VitalsReading(vitals)).await.map_err(forget)?.map(|_| ()),
                     DeviceMessage::Status(report) => {
                         let status = reported_status(&report.status)?;
                         let reason = format!("reported by device {}", from.device_id);
-                        unit.send(SetStatus { caller: None, status, incident_id: report.incident_id, destination: None, reason }).await?.map(|_| ())
+                        unit.send(SetStatus { caller: None, status, incident_id: report.incident_id, destination: None, reason }).await.map_err(forget)?.map(|_| ())
                     }
                 }
             }

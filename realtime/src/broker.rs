@@ -2,14 +2,19 @@
 //! topic, through bounded queues it only ever `try_send`s into. A connection whose queue is full is
 //! kicked (told and disconnected by its session) instead of slowing anyone else down.
 //!
+//! Live-only updates (telemetry such as a unit's position, `seq` 0) do not take queue slots: each
+//! connection keeps only the latest update per subject ([`LatestUpdates`]), so a thousand units
+//! reporting every second cost a slow reader at most one pending update per unit, never a kick,
+//! and what it is sent is always the newest position.
+//!
 //! PostgreSQL delivers notifications in commit order, and a topic's commits are ordered by its seq,
 //! so events arrive here in seq order. If the listening connection drops, notifications sent
 //! meanwhile are lost: after reconnecting the broker reads every watched topic's missed events back
 //! from the event log, and any gap it notices on the way is filled the same way.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -61,10 +66,72 @@ impl Kick {
     }
 }
 
+/// A connection's pending live-only updates: the latest per (topic, kind, subject), in the order
+/// their subjects first became pending. A newer update replaces the pending one in place.
+#[derive(Default)]
+pub struct LatestUpdates {
+    pending: Mutex<PendingUpdates>,
+    notify: Notify,
+}
+
+#[derive(Default)]
+struct PendingUpdates {
+    order: VecDeque<Arc<str>>,
+    latest: HashMap<Arc<str>, Delivery>,
+}
+
+/// Distinct subjects a connection may have pending before it counts as not reading at all.
+const MAX_PENDING_SUBJECTS: usize = 100_000;
+
+/// What offering an update to a connection did.
+#[derive(Debug, PartialEq, Eq)]
+enum Offered {
+    Queued,
+    Replaced,
+    Overflow,
+}
+
+impl LatestUpdates {
+    fn offer(&self, key: Arc<str>, delivery: Delivery) -> Offered {
+        let mut pending = self.pending.lock().expect("live updates lock");
+        let full = pending.latest.len() >= MAX_PENDING_SUBJECTS;
+        let outcome = match pending.latest.get_mut(&key) {
+            Some(slot) => {
+                *slot = delivery;
+                Offered::Replaced
+            }
+            None if full => return Offered::Overflow,
+            None => {
+                pending.latest.insert(key.clone(), delivery);
+                pending.order.push_back(key);
+                Offered::Queued
+            }
+        };
+        drop(pending);
+        if outcome == Offered::Queued {
+            self.notify.notify_one();
+        }
+        outcome
+    }
+
+    /// Resolves once there is something to take.
+    pub async fn ready(&self) {
+        self.notify.notified().await;
+    }
+
+    /// Everything pending, oldest subject first.
+    pub fn take(&self) -> Vec<Delivery> {
+        let mut pending = self.pending.lock().expect("live updates lock");
+        let PendingUpdates { order, latest } = &mut *pending;
+        order.drain(..).filter_map(|key| latest.remove(&key)).collect()
+    }
+}
+
 #[derive(Clone)]
 struct Subscriber {
     connection: u64,
     queue: mpsc::Sender<Delivery>,
+    live: Arc<LatestUpdates>,
     kick: Arc<Kick>,
 }
 
@@ -72,6 +139,8 @@ struct Subscriber {
 pub struct Connection {
     pub id: u64,
     queue: mpsc::Sender<Delivery>,
+    /// Live-only updates waiting for this connection (see [`LatestUpdates`]).
+    pub live: Arc<LatestUpdates>,
     pub kick: Arc<Kick>,
 }
 
@@ -99,7 +168,7 @@ impl Broker {
     pub fn connect(&self, capacity: usize) -> (Connection, mpsc::Receiver<Delivery>) {
         let (queue, receiver) = mpsc::channel(capacity.max(1));
         let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
-        (Connection { id, queue, kick: Arc::new(Kick::default()) }, receiver)
+        (Connection { id, queue, live: Arc::new(LatestUpdates::default()), kick: Arc::new(Kick::default()) }, receiver)
     }
 
     pub fn subscribe(&self, connection: &Connection, topic: &str) {
@@ -109,6 +178,7 @@ impl Broker {
             subscribers.push(Subscriber {
                 connection: connection.id,
                 queue: connection.queue.clone(),
+                live: connection.live.clone(),
                 kick: connection.kick.clone(),
             });
         }
@@ -160,10 +230,32 @@ impl Broker {
         }
     }
 
-    /// Hands a live-only update (no seq, not in the event log) to the topic's subscribers.
-    pub fn publish_live(&self, topic: &str, event_type: &str, data: &serde_json::Value) {
-        let envelope = Envelope { kind: event_type.to_owned(), topic: topic.to_owned(), seq: 0, ts: store::format_ts(chrono::Utc::now()), data: data.clone() };
-        self.fan_out(&Delivery::from_envelope(&envelope));
+    /// Hands a live-only update (no seq, not in the event log) to the topic's subscribers, where
+    /// it replaces any update of the same kind about the same `subject` not sent yet.
+    pub fn publish_live(&self, topic: &str, event_type: &str, subject: &str, data: &serde_json::Value) {
+        let mut dropped = Vec::new();
+        {
+            let topics = self.topics.read().expect("broker lock");
+            let Some(subscribers) = topics.get(topic) else { return };
+            let envelope = Envelope { kind: event_type.to_owned(), topic: topic.to_owned(), seq: 0, ts: store::format_ts(chrono::Utc::now()), data: data.clone() };
+            let delivery = Delivery::from_envelope(&envelope);
+            let key: Arc<str> = Arc::from(format!("{topic}\u{0}{event_type}\u{0}{subject}"));
+            for subscriber in subscribers {
+                match subscriber.live.offer(key.clone(), delivery.clone()) {
+                    Offered::Queued => {}
+                    Offered::Replaced => self.metrics.live_coalesced.inc(),
+                    Offered::Overflow => {
+                        warn!(connection = subscriber.connection, topic, "client has not read live updates of {MAX_PENDING_SUBJECTS} subjects; disconnecting it");
+                        self.metrics.slow_disconnects.inc();
+                        subscriber.kick.raise();
+                        dropped.push(subscriber.connection);
+                    }
+                }
+            }
+        }
+        for connection in dropped {
+            self.disconnect(connection);
+        }
     }
 
     /// Listens for committed events until `shutdown` turns true. Reconnects on its own.
@@ -267,7 +359,53 @@ async fn connect_listener(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
 }
 
 impl medhub_actors::live::LiveFeed for Broker {
-    fn publish(&self, topic: &str, event_type: &str, data: &serde_json::Value) {
-        self.publish_live(topic, event_type, data);
+    fn publish(&self, topic: &str, event_type: &str, subject: &str, data: &serde_json::Value) {
+        self.publish_live(topic, event_type, subject, data);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivery(json: &str) -> Delivery {
+        Delivery { topic: Arc::from("t/map"), seq: 0, json: Arc::from(json) }
+    }
+
+    #[test]
+    fn a_newer_update_replaces_the_pending_one_and_keeps_its_place() {
+        let live = LatestUpdates::default();
+        assert_eq!(live.offer(Arc::from("a"), delivery("a1")), Offered::Queued);
+        assert_eq!(live.offer(Arc::from("b"), delivery("b1")), Offered::Queued);
+        assert_eq!(live.offer(Arc::from("a"), delivery("a2")), Offered::Replaced);
+        let sent: Vec<String> = live.take().iter().map(|d| d.json.to_string()).collect();
+        assert_eq!(sent, ["a2", "b1"]);
+        assert!(live.take().is_empty());
+        assert_eq!(live.offer(Arc::from("a"), delivery("a3")), Offered::Queued, "taken subjects start afresh");
+    }
+
+    #[tokio::test]
+    async fn every_subscriber_gets_the_latest_position_of_every_unit() {
+        let registry = prometheus::Registry::new();
+        let broker = Broker::new(RealtimeMetrics::register(&registry).unwrap());
+        let (fast, _) = broker.connect(4);
+        let (slow, _) = broker.connect(4);
+        broker.subscribe(&fast, "t/map");
+        broker.subscribe(&slow, "t/map");
+        broker.publish_live("t/map", "unit.position", "u1", &serde_json::json!({"fix": 1}));
+        fast.live.ready().await;
+        assert_eq!(fast.live.take().len(), 1);
+        // The slow reader takes nothing while 1,000 fixes of two units arrive: it is not kicked,
+        // its queue holds no more than two updates, and they are the newest.
+        for fix in 2..=1000 {
+            broker.publish_live("t/map", "unit.position", "u1", &serde_json::json!({"fix": fix}));
+            broker.publish_live("t/map", "unit.position", "u2", &serde_json::json!({"fix": fix}));
+        }
+        let pending = slow.live.take();
+        assert_eq!(pending.len(), 2);
+        assert!(pending.iter().all(|d| d.json.contains(r#""fix":1000"#)), "{pending:?}");
+        assert_eq!(fast.live.take().len(), 2);
+        assert!(!slow.kick.kicked.load(Ordering::SeqCst));
+        assert_eq!(broker.metrics.live_coalesced.get(), 2 * 998 + 2 * 998 + 1);
     }
 }

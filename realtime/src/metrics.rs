@@ -9,6 +9,7 @@ pub struct RealtimeMetrics {
     pub slow_disconnects: IntCounter,
     pub refused_subscriptions: IntCounterVec,
     pub gap_fills: IntCounter,
+    pub live_coalesced: IntCounter,
 }
 
 impl RealtimeMetrics {
@@ -27,11 +28,16 @@ impl RealtimeMetrics {
             "medhub_ws_gap_fills_total",
             "Times missing events were read back from the event log to keep a stream gap-free",
         )?;
+        let live_coalesced = IntCounter::new(
+            "medhub_ws_live_updates_coalesced_total",
+            "Live-only updates (telemetry) replaced by a newer one about the same subject before a client was sent them",
+        )?;
         registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(events_sent.clone()))?;
         registry.register(Box::new(slow_disconnects.clone()))?;
         registry.register(Box::new(refused_subscriptions.clone()))?;
         registry.register(Box::new(gap_fills.clone()))?;
-        Ok(RealtimeMetrics { connections, events_sent, slow_disconnects, refused_subscriptions, gap_fills })
+        registry.register(Box::new(live_coalesced.clone()))?;
+        Ok(RealtimeMetrics { connections, events_sent, slow_disconnects, refused_subscriptions, gap_fills, live_coalesced })
     }
 }

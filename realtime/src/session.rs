@@ -120,6 +120,7 @@ async fn run_connection(realtime: Arc<Realtime>, session: Session, mut stream: a
     realtime.metrics.connections.inc();
     let (broker_connection, mut deliveries) = realtime.broker.connect(realtime.config.queue_capacity);
     let kick = broker_connection.kick.clone();
+    let live = broker_connection.live.clone();
     let mut shutdown = realtime.shutdown.clone();
     let mut connection = Connection {
         realtime: realtime.clone(),
@@ -164,6 +165,13 @@ async fn run_connection(realtime: Arc<Realtime>, session: Session, mut stream: a
             Some(delivery) = deliveries.recv() => tokio::select! {
                 next = connection.deliver(delivery) => next,
                 _ = kick.raised() => connection.too_slow().await,
+            },
+            // Live-only updates: the latest per unit, however far the client is behind; one that
+            // does not take them within the grace period is as stalled as one with a full queue.
+            _ = live.ready() => tokio::select! {
+                next = connection.deliver_live(live.take()) => next,
+                _ = kick.raised() => connection.too_slow().await,
+                _ = tokio::time::sleep(SEND_GRACE) => connection.too_slow().await,
             },
             _ = kick.raised() => connection.too_slow().await,
             _ = heartbeat.tick() => connection.on_heartbeat(last_heard).await,
@@ -368,13 +376,22 @@ impl Connection {
         self.send_error("unavailable", Some(topic), "the hub cannot read this topic right now; retry").await
     }
 
+    /// Live-only updates (telemetry): no order to keep, nothing to fill.
+    async fn deliver_live(&mut self, updates: Vec<Delivery>) -> Next {
+        for update in updates {
+            if !self.subscriptions.contains_key(&update.topic) {
+                continue;
+            }
+            self.realtime.metrics.events_sent.inc();
+            if self.session.text(&*update.json).await.is_err() {
+                return Next::Close(None);
+            }
+        }
+        Next::Continue
+    }
+
     async fn deliver(&mut self, delivery: Delivery) -> Next {
         let Some(&last) = self.subscriptions.get(&delivery.topic) else { return Next::Continue };
-        if delivery.seq == 0 {
-            // Live-only (telemetry): no order to keep, nothing to fill.
-            self.realtime.metrics.events_sent.inc();
-            return outcome(self.session.text(&*delivery.json).await);
-        }
         if delivery.seq <= last {
             return Next::Continue;
         }
