@@ -61,7 +61,7 @@ async fn register_units(admin: &Api, count: usize) -> Vec<Unit> {
         .map(|n| async move {
             let unit = admin.post("/api/ambulances", json!({"call_sign": format!("FLEET-{n:05}")})).await.expect("register unit").expect(201);
             let id: Uuid = unit["id"].as_str().expect("unit id").parse().expect("uuid");
-            let device = admin.post("/api/devices", json!({"unit_id": id, "kind": "gps", "name": format!("tracker {n}")})).await.expect("register device").expect(201);
+            let device = admin.post("/api/devices", json!({"unit_id": id, "kind": "ambulance", "name": format!("tracker {n}")})).await.expect("register device").expect(201);
             Unit { id, username: device["username"].as_str().expect("username").to_owned(), password: device["password"].as_str().expect("password").to_owned() }
         })
         .buffer_unordered(16)
@@ -167,6 +167,7 @@ async fn fleet(units: usize, watchers: usize, seconds: u64) {
     let prepared = Instant::now();
     let registered = register_units(&world.admin, units).await;
     let registering = prepared.elapsed();
+    let rss_registered = hub_usage(world.hub.pid()).1;
 
     let published = Arc::new(AtomicU64::new(0));
     let stop_units = Arc::new(AtomicBool::new(false));
@@ -178,6 +179,7 @@ async fn fleet(units: usize, watchers: usize, seconds: u64) {
         .collect()
         .await;
     let connected = connecting.elapsed();
+    let rss_connected = hub_usage(world.hub.pid()).1;
 
     // Let every unit report a few times before the window opens.
     let warm_up = Duration::from_secs(5);
@@ -233,7 +235,10 @@ async fn fleet(units: usize, watchers: usize, seconds: u64) {
     let at = |p: f64| delays[((delays.len() as f64 - 1.0) * p).round() as usize];
     let received_each = per_watcher.iter().sum::<usize>() as f64 / per_watcher.len().max(1) as f64;
     println!("fleet of {units} units at 1 Hz, {watchers} map watchers, {seconds} s window");
-    println!("  setup: {units} units + devices registered in {:.1} s, connected over MQTT in {:.1} s", registering.as_secs_f64(), connected.as_secs_f64());
+    println!(
+        "  setup: {units} units + devices registered in {:.1} s (hub RSS {rss_registered:.0} MiB), connected over MQTT in {:.1} s (RSS {rss_connected:.0} MiB)",
+        registering.as_secs_f64(), connected.as_secs_f64()
+    );
     println!("  fixes published           {:>9.0}/s   (rejected by the hub during the run: {rejected})", sent as f64 / elapsed);
     println!("  fixes persisted to tracks {:>9.0}/s   dropped {dropped}", written / elapsed);
     if delays.is_empty() {

@@ -111,6 +111,7 @@ fn parse_role(value: &str) -> Result<Role, String> {
 }
 
 pub fn main() -> ExitCode {
+    return_large_allocations_to_the_system();
     let cli = Cli::parse();
     let settings = match Settings::resolve(&cli.config) {
         Ok(settings) => settings,
@@ -132,6 +133,18 @@ pub fn main() -> ExitCode {
             eprintln!("hub: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Password hashing (argon2) allocates megabytes per hash on whichever blocking thread runs it.
+/// glibc raises its mmap threshold after such a block is freed, so later ones come from per-thread
+/// arenas and stay resident: a fleet of units reconnecting after a restart left the hub holding
+/// gigabytes. A fixed threshold keeps every block of 1 MiB or more mmapped, returned when freed.
+fn return_large_allocations_to_the_system() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only tunes the allocator; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1024 * 1024);
     }
 }
 
