@@ -117,6 +117,8 @@ async fn connect_unit(addr: SocketAddr, tenant: String, unit: Unit, published: A
 /// What one map connection saw: publish → receive delay of each position update, in µs.
 struct Watched {
     delays_us: Vec<u32>,
+    /// WebSocket frames with positions received in the window.
+    frames: u64,
 }
 
 /// A dispatcher's map connection; records updates whose fix time falls in the window.
@@ -126,6 +128,7 @@ async fn watch_map(hub: &Hub, token: String, topic: String, window: (DateTime<Ut
     socket.send(Message::text(json!({"type": "subscribe", "topic": topic}).to_string())).await.expect("subscribe");
     tokio::spawn(async move {
         let mut delays_us = Vec::new();
+        let mut frames = 0;
         const MARK: &str = r#""fix_time":""#;
         while !stop.load(Ordering::Relaxed) {
             let message = match tokio::time::timeout(Duration::from_millis(500), socket.next()).await {
@@ -141,13 +144,18 @@ async fn watch_map(hub: &Hub, token: String, topic: String, window: (DateTime<Ut
             if !text.contains(r#""unit.position""#) {
                 continue;
             }
-            let Some(start) = text.find(MARK).map(|at| at + MARK.len()) else { continue };
-            let Some(fix_time) = text[start..].split('"').next().and_then(|t| t.parse::<DateTime<Utc>>().ok()) else { continue };
-            if fix_time >= window.0 && fix_time < window.1 {
-                delays_us.push((received - fix_time).num_microseconds().unwrap_or(i64::MAX).clamp(0, u32::MAX as i64) as u32);
+            if received >= window.0 && received < window.1 {
+                frames += 1;
+            }
+            // A `live` frame carries the latest position of every unit that reported in the tick.
+            for at in text.match_indices(MARK).map(|(at, _)| at + MARK.len()) {
+                let Some(fix_time) = text[at..].split('"').next().and_then(|t| t.parse::<DateTime<Utc>>().ok()) else { continue };
+                if fix_time >= window.0 && fix_time < window.1 {
+                    delays_us.push((received - fix_time).num_microseconds().unwrap_or(i64::MAX).clamp(0, u32::MAX as i64) as u32);
+                }
             }
         }
-        Watched { delays_us }
+        Watched { delays_us, frames }
     })
 }
 
@@ -220,9 +228,11 @@ async fn fleet(units: usize, watchers: usize, seconds: u64) {
     stop_watchers.store(true, Ordering::Relaxed);
     let mut delays: Vec<u32> = Vec::new();
     let mut per_watcher = Vec::new();
+    let mut frames = 0;
     for task in watcher_tasks {
         let watched = task.await.expect("watcher");
         per_watcher.push(watched.delays_us.len());
+        frames += watched.frames;
         delays.extend(watched.delays_us);
     }
     stop_units.store(true, Ordering::Relaxed);
@@ -249,11 +259,21 @@ async fn fleet(units: usize, watchers: usize, seconds: u64) {
             ms(at(0.50)), ms(at(0.99)), ms(*delays.last().expect("some")), delays.len()
         );
         println!(
-            "  per watcher               {:>9.0} updates/s ({:.1}% of the fixes; the rest coalesced into newer ones)",
-            received_each / seconds as f64, 100.0 * received_each / sent.max(1) as f64
+            "  per watcher               {:>9.0} positions/s in {:.1} frames/s ({:.1}% of the fixes; the rest replaced by a newer one before it was sent)",
+            received_each / seconds as f64,
+            frames as f64 / per_watcher.len().max(1) as f64 / seconds as f64,
+            100.0 * received_each / sent.max(1) as f64
         );
     }
     println!("  hub process               {:>8.0}% of one core, peak RSS {:.0} MiB", cpu_share * 100.0, peak_rss);
+    let logs = world.hub.logs();
+    let troubles: Vec<&str> = logs.lines().filter(|line| line.contains("WARN") || line.contains("ERROR")).collect();
+    if !troubles.is_empty() {
+        println!("  hub logged {} warnings/errors, e.g.:", troubles.len());
+        for line in troubles.iter().take(3) {
+            println!("    {}", line.chars().take(300).collect::<String>());
+        }
+    }
 }
 
 fn main() {

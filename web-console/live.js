@@ -260,6 +260,11 @@ export class LiveConnection {
         return this.onError(message);
       case 'snapshot':
         return this.deliverSnapshot(message);
+      case 'live':
+        // Live-only telemetry gathered over a tick: the latest update per unit, each an event
+        // envelope with seq 0.
+        for (const update of message.updates || []) this.deliverEvent(update);
+        return undefined;
       default:
         if (message.topic && typeof message.seq === 'number') return this.deliverEvent(message);
         console.warn('medhub live: unexpected message', message.type);

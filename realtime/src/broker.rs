@@ -2,17 +2,20 @@
 //! topic, through bounded queues it only ever `try_send`s into. A connection whose queue is full is
 //! kicked (told and disconnected by its session) instead of slowing anyone else down.
 //!
-//! Live-only updates (telemetry such as a unit's position, `seq` 0) do not take queue slots: each
-//! connection keeps only the latest update per subject ([`LatestUpdates`]), so a thousand units
-//! reporting every second cost a slow reader at most one pending update per unit, never a kick,
-//! and what it is sent is always the newest position.
+//! Live-only updates (telemetry such as a unit's position, `seq` 0) are not events and take no
+//! queue slots. The broker gathers each topic's updates over a short tick ([`LIVE_TICK`]), keeping
+//! only the latest per subject (a unit), and hands every subscriber one `live` frame per topic and
+//! tick, serialised once. A subscriber that has not taken its frames yet gets them merged, again
+//! the latest per subject: ten thousand units reporting every second cost a map ten frames a
+//! second, a slow reader is sent the newest positions rather than a backlog, and memory stays
+//! bounded by the number of units.
 //!
 //! PostgreSQL delivers notifications in commit order, and a topic's commits are ordered by its seq,
 //! so events arrive here in seq order. If the listening connection drops, notifications sent
 //! meanwhile are lost: after reconnecting the broker reads every watched topic's missed events back
 //! from the event log, and any gap it notices on the way is filled the same way.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -66,52 +69,90 @@ impl Kick {
     }
 }
 
-/// A connection's pending live-only updates: the latest per (topic, kind, subject), in the order
-/// their subjects first became pending. A newer update replaces the pending one in place.
+/// How long the broker gathers a topic's live-only updates before handing them out together.
+pub const LIVE_TICK: Duration = Duration::from_millis(100);
+
+/// A topic's live-only updates of one tick (or several, merged): the latest per subject, each an
+/// envelope already serialised, and the `live` frame that carries them all.
+pub struct LiveBatch {
+    pub topic: Arc<str>,
+    updates: Vec<(Arc<str>, Arc<str>)>,
+    pub frame: Arc<str>,
+}
+
+impl LiveBatch {
+    fn new(topic: Arc<str>, updates: Vec<(Arc<str>, Arc<str>)>) -> LiveBatch {
+        let envelopes: Vec<&str> = updates.iter().map(|(_, json)| &**json).collect();
+        let frame = format!(
+            r#"{{"type":"live","topic":{},"seq":0,"ts":{},"updates":[{}]}}"#,
+            serde_json::Value::from(&*topic),
+            serde_json::Value::from(store::format_ts(chrono::Utc::now())),
+            envelopes.join(",")
+        );
+        LiveBatch { topic, updates, frame: Arc::from(frame) }
+    }
+
+    /// One batch with the latest update per subject of several, in the order subjects first
+    /// appeared; and how many older updates it left out.
+    fn merge(topic: Arc<str>, batches: &[Arc<LiveBatch>]) -> (LiveBatch, u64) {
+        let mut latest = Latest::default();
+        for batch in batches {
+            for (subject, json) in &batch.updates {
+                latest.put(subject.clone(), json.clone());
+            }
+        }
+        let replaced = latest.replaced;
+        (LiveBatch::new(topic, latest.into_updates()), replaced)
+    }
+}
+
+/// The latest value per subject, in the order subjects first appeared.
 #[derive(Default)]
-pub struct LatestUpdates {
-    pending: Mutex<PendingUpdates>,
+struct Latest {
+    order: Vec<Arc<str>>,
+    values: HashMap<Arc<str>, Arc<str>>,
+    replaced: u64,
+}
+
+impl Latest {
+    fn put(&mut self, subject: Arc<str>, json: Arc<str>) {
+        if self.values.insert(subject.clone(), json).is_some() {
+            self.replaced += 1;
+        } else {
+            self.order.push(subject);
+        }
+    }
+
+    fn into_updates(mut self) -> Vec<(Arc<str>, Arc<str>)> {
+        self.order.into_iter().filter_map(|subject| self.values.remove(&subject).map(|json| (subject, json))).collect()
+    }
+}
+
+/// A connection's live frames not sent yet, per topic.
+#[derive(Default)]
+pub struct LiveFrames {
+    pending: Mutex<HashMap<Arc<str>, Vec<Arc<LiveBatch>>>>,
     notify: Notify,
 }
 
-#[derive(Default)]
-struct PendingUpdates {
-    order: VecDeque<Arc<str>>,
-    latest: HashMap<Arc<str>, Delivery>,
-}
+/// Batches of one topic a connection may have waiting before they are merged into one.
+const MERGE_AFTER: usize = 8;
 
-/// Distinct subjects a connection may have pending before it counts as not reading at all.
-const MAX_PENDING_SUBJECTS: usize = 100_000;
-
-/// What offering an update to a connection did.
-#[derive(Debug, PartialEq, Eq)]
-enum Offered {
-    Queued,
-    Replaced,
-    Overflow,
-}
-
-impl LatestUpdates {
-    fn offer(&self, key: Arc<str>, delivery: Delivery) -> Offered {
-        let mut pending = self.pending.lock().expect("live updates lock");
-        let full = pending.latest.len() >= MAX_PENDING_SUBJECTS;
-        let outcome = match pending.latest.get_mut(&key) {
-            Some(slot) => {
-                *slot = delivery;
-                Offered::Replaced
-            }
-            None if full => return Offered::Overflow,
-            None => {
-                pending.latest.insert(key.clone(), delivery);
-                pending.order.push_back(key);
-                Offered::Queued
-            }
-        };
-        drop(pending);
-        if outcome == Offered::Queued {
-            self.notify.notify_one();
+impl LiveFrames {
+    /// Queues a tick's batch; returns how many updates merging left out.
+    fn offer(&self, batch: Arc<LiveBatch>) -> u64 {
+        let mut pending = self.pending.lock().expect("live frames lock");
+        let waiting = pending.entry(batch.topic.clone()).or_default();
+        waiting.push(batch);
+        let mut replaced = 0;
+        if waiting.len() >= MERGE_AFTER {
+            let (merged, left_out) = LiveBatch::merge(waiting[0].topic.clone(), waiting);
+            *waiting = vec![Arc::new(merged)];
+            replaced = left_out;
         }
-        outcome
+        drop(pending);
+        self.notify.notify_one();
+        replaced
     }
 
     /// Resolves once there is something to take.
@@ -119,11 +160,24 @@ impl LatestUpdates {
         self.notify.notified().await;
     }
 
-    /// Everything pending, oldest subject first.
-    pub fn take(&self) -> Vec<Delivery> {
-        let mut pending = self.pending.lock().expect("live updates lock");
-        let PendingUpdates { order, latest } = &mut *pending;
-        order.drain(..).filter_map(|key| latest.remove(&key)).collect()
+    /// One frame per topic with everything pending (merged when several ticks waited), and how
+    /// many updates merging left out.
+    pub fn take(&self) -> (Vec<Arc<LiveBatch>>, u64) {
+        let pending = std::mem::take(&mut *self.pending.lock().expect("live frames lock"));
+        let mut replaced = 0;
+        let frames = pending
+            .into_iter()
+            .filter_map(|(topic, mut batches)| match batches.len() {
+                0 => None,
+                1 => batches.pop(),
+                _ => {
+                    let (merged, left_out) = LiveBatch::merge(topic, &batches);
+                    replaced += left_out;
+                    Some(Arc::new(merged))
+                }
+            })
+            .collect();
+        (frames, replaced)
     }
 }
 
@@ -131,7 +185,7 @@ impl LatestUpdates {
 struct Subscriber {
     connection: u64,
     queue: mpsc::Sender<Delivery>,
-    live: Arc<LatestUpdates>,
+    live: Arc<LiveFrames>,
     kick: Arc<Kick>,
 }
 
@@ -139,13 +193,15 @@ struct Subscriber {
 pub struct Connection {
     pub id: u64,
     queue: mpsc::Sender<Delivery>,
-    /// Live-only updates waiting for this connection (see [`LatestUpdates`]).
-    pub live: Arc<LatestUpdates>,
+    /// Live-only frames waiting for this connection (see [`LiveFrames`]).
+    pub live: Arc<LiveFrames>,
     pub kick: Arc<Kick>,
 }
 
 pub struct Broker {
     topics: RwLock<HashMap<Arc<str>, Vec<Subscriber>>>,
+    /// This tick's live-only updates, per topic.
+    live: Mutex<HashMap<Arc<str>, Latest>>,
     next_connection: AtomicU64,
     metrics: RealtimeMetrics,
 }
@@ -161,14 +217,14 @@ struct Announced {
 
 impl Broker {
     pub fn new(metrics: RealtimeMetrics) -> Broker {
-        Broker { topics: RwLock::new(HashMap::new()), next_connection: AtomicU64::new(1), metrics }
+        Broker { topics: RwLock::new(HashMap::new()), live: Mutex::default(), next_connection: AtomicU64::new(1), metrics }
     }
 
     /// Registers a connection with a queue of `capacity` deliveries.
     pub fn connect(&self, capacity: usize) -> (Connection, mpsc::Receiver<Delivery>) {
         let (queue, receiver) = mpsc::channel(capacity.max(1));
         let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
-        (Connection { id, queue, live: Arc::new(LatestUpdates::default()), kick: Arc::new(Kick::default()) }, receiver)
+        (Connection { id, queue, live: Arc::new(LiveFrames::default()), kick: Arc::new(Kick::default()) }, receiver)
     }
 
     pub fn subscribe(&self, connection: &Connection, topic: &str) {
@@ -230,36 +286,56 @@ impl Broker {
         }
     }
 
-    /// Hands a live-only update (no seq, not in the event log) to the topic's subscribers, where
-    /// it replaces any update of the same kind about the same `subject` not sent yet.
+    /// Takes a live-only update (no seq, not in the event log) for the topic's subscribers; it
+    /// goes out with the next tick and replaces any update of the same kind about the same
+    /// `subject` gathered in this one.
     pub fn publish_live(&self, topic: &str, event_type: &str, subject: &str, data: &serde_json::Value) {
-        let mut dropped = Vec::new();
-        {
-            let topics = self.topics.read().expect("broker lock");
-            let Some(subscribers) = topics.get(topic) else { return };
-            let envelope = Envelope { kind: event_type.to_owned(), topic: topic.to_owned(), seq: 0, ts: store::format_ts(chrono::Utc::now()), data: data.clone() };
-            let delivery = Delivery::from_envelope(&envelope);
-            let key: Arc<str> = Arc::from(format!("{topic}\u{0}{event_type}\u{0}{subject}"));
+        let Some(topic) = self.topics.read().expect("broker lock").get_key_value(topic).map(|(name, _)| name.clone()) else {
+            return; // nobody is watching
+        };
+        let envelope = Envelope { kind: event_type.to_owned(), topic: topic.to_string(), seq: 0, ts: store::format_ts(chrono::Utc::now()), data: data.clone() };
+        let json: Arc<str> = Arc::from(serde_json::to_string(&envelope).expect("envelopes serialise"));
+        let key: Arc<str> = Arc::from(format!("{event_type}\u{0}{subject}"));
+        let mut live = self.live.lock().expect("live updates lock");
+        let latest = live.entry(topic).or_default();
+        let before = latest.replaced;
+        latest.put(key, json);
+        self.metrics.live_coalesced.inc_by(latest.replaced - before);
+    }
+
+    /// Hands this tick's live-only updates to the subscribers: one frame per topic.
+    pub fn flush_live(&self) {
+        let gathered = std::mem::take(&mut *self.live.lock().expect("live updates lock"));
+        if gathered.is_empty() {
+            return;
+        }
+        let topics = self.topics.read().expect("broker lock");
+        for (topic, latest) in gathered {
+            let Some(subscribers) = topics.get(&topic) else { continue };
+            let batch = Arc::new(LiveBatch::new(topic, latest.into_updates()));
             for subscriber in subscribers {
-                match subscriber.live.offer(key.clone(), delivery.clone()) {
-                    Offered::Queued => {}
-                    Offered::Replaced => self.metrics.live_coalesced.inc(),
-                    Offered::Overflow => {
-                        warn!(connection = subscriber.connection, topic, "client has not read live updates of {MAX_PENDING_SUBJECTS} subjects; disconnecting it");
-                        self.metrics.slow_disconnects.inc();
-                        subscriber.kick.raise();
-                        dropped.push(subscriber.connection);
-                    }
-                }
+                let replaced = subscriber.live.offer(batch.clone());
+                self.metrics.live_coalesced.inc_by(replaced);
             }
         }
-        for connection in dropped {
-            self.disconnect(connection);
+    }
+
+    /// Flushes live-only updates every [`LIVE_TICK`] until `shutdown` turns true.
+    pub async fn run_live(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(LIVE_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.flush_live(),
+                _ = shutdown.changed() => return,
+            }
         }
     }
 
     /// Listens for committed events until `shutdown` turns true. Reconnects on its own.
+    /// Also ticks the live-only updates out (see [`Broker::run_live`]).
     pub async fn run(self: Arc<Self>, pool: PgPool, mut shutdown: watch::Receiver<bool>) {
+        tokio::spawn(self.clone().run_live(shutdown.clone()));
         let mut last_seq: HashMap<Arc<str>, i64> = HashMap::new();
         loop {
             let mut listener = match connect_listener(&pool).await {
@@ -368,44 +444,54 @@ impl medhub_actors::live::LiveFeed for Broker {
 mod tests {
     use super::*;
 
-    fn delivery(json: &str) -> Delivery {
-        Delivery { topic: Arc::from("t/map"), seq: 0, json: Arc::from(json) }
+    fn positions(frame: &str) -> Vec<(String, i64)> {
+        let frame: serde_json::Value = serde_json::from_str(frame).expect("a frame is JSON");
+        assert_eq!(frame["type"], "live");
+        assert_eq!(frame["topic"], "t/map");
+        frame["updates"].as_array().expect("updates").iter().map(|u| (u["data"]["unit"].as_str().unwrap().to_owned(), u["data"]["fix"].as_i64().unwrap())).collect()
+    }
+
+    fn fix(broker: &Broker, unit: &str, fix: i64) {
+        broker.publish_live("t/map", "unit.position", unit, &serde_json::json!({"unit": unit, "fix": fix}));
     }
 
     #[test]
-    fn a_newer_update_replaces_the_pending_one_and_keeps_its_place() {
-        let live = LatestUpdates::default();
-        assert_eq!(live.offer(Arc::from("a"), delivery("a1")), Offered::Queued);
-        assert_eq!(live.offer(Arc::from("b"), delivery("b1")), Offered::Queued);
-        assert_eq!(live.offer(Arc::from("a"), delivery("a2")), Offered::Replaced);
-        let sent: Vec<String> = live.take().iter().map(|d| d.json.to_string()).collect();
-        assert_eq!(sent, ["a2", "b1"]);
-        assert!(live.take().is_empty());
-        assert_eq!(live.offer(Arc::from("a"), delivery("a3")), Offered::Queued, "taken subjects start afresh");
+    fn one_frame_per_tick_with_the_latest_fix_of_each_unit() {
+        let broker = Broker::new(RealtimeMetrics::register(&prometheus::Registry::new()).unwrap());
+        fix(&broker, "u0", 0); // nobody watches yet: dropped
+        let (fast, _) = broker.connect(4);
+        broker.subscribe(&fast, "t/map");
+        for n in 1..=3 {
+            fix(&broker, "u1", n);
+            fix(&broker, "u2", n);
+        }
+        broker.flush_live();
+        let (frames, _) = fast.live.take();
+        assert_eq!(frames.len(), 1);
+        assert_eq!(positions(&frames[0].frame), [("u1".to_owned(), 3), ("u2".to_owned(), 3)]);
+        assert_eq!(broker.metrics.live_coalesced.get(), 4);
+        broker.flush_live();
+        assert!(fast.live.take().0.is_empty(), "an empty tick sends nothing");
     }
 
-    #[tokio::test]
-    async fn every_subscriber_gets_the_latest_position_of_every_unit() {
-        let registry = prometheus::Registry::new();
-        let broker = Broker::new(RealtimeMetrics::register(&registry).unwrap());
-        let (fast, _) = broker.connect(4);
+    #[test]
+    fn a_slow_reader_gets_the_newest_positions_merged_not_a_backlog() {
+        let broker = Broker::new(RealtimeMetrics::register(&prometheus::Registry::new()).unwrap());
         let (slow, _) = broker.connect(4);
-        broker.subscribe(&fast, "t/map");
         broker.subscribe(&slow, "t/map");
-        broker.publish_live("t/map", "unit.position", "u1", &serde_json::json!({"fix": 1}));
-        fast.live.ready().await;
-        assert_eq!(fast.live.take().len(), 1);
-        // The slow reader takes nothing while 1,000 fixes of two units arrive: it is not kicked,
-        // its queue holds no more than two updates, and they are the newest.
-        for fix in 2..=1000 {
-            broker.publish_live("t/map", "unit.position", "u1", &serde_json::json!({"fix": fix}));
-            broker.publish_live("t/map", "unit.position", "u2", &serde_json::json!({"fix": fix}));
+        // 1,000 ticks pass while the slow reader takes nothing; u2 stops reporting half-way.
+        for tick in 1..=1000 {
+            fix(&broker, "u1", tick);
+            if tick <= 500 {
+                fix(&broker, "u2", tick);
+            }
+            broker.flush_live();
+            let waiting = slow.live.pending.lock().unwrap().get("t/map").map_or(0, Vec::len);
+            assert!(waiting < MERGE_AFTER, "frames waiting for a slow reader stay bounded: {waiting}");
         }
-        let pending = slow.live.take();
-        assert_eq!(pending.len(), 2);
-        assert!(pending.iter().all(|d| d.json.contains(r#""fix":1000"#)), "{pending:?}");
-        assert_eq!(fast.live.take().len(), 2);
-        assert!(!slow.kick.kicked.load(Ordering::SeqCst));
-        assert_eq!(broker.metrics.live_coalesced.get(), 2 * 998 + 2 * 998 + 1);
+        let (frames, _) = slow.live.take();
+        assert_eq!(frames.len(), 1);
+        assert_eq!(positions(&frames[0].frame), [("u1".to_owned(), 1000), ("u2".to_owned(), 500)]);
+        assert!(!slow.kick.kicked.load(Ordering::SeqCst), "a slow map reader is not cut off");
     }
 }

@@ -29,7 +29,7 @@ use medhub_actors::store::{self, format_ts};
 use medhub_actors::topics::Topic;
 use medhub_actors::Principal;
 
-use crate::broker::{Broker, Delivery};
+use crate::broker::{Broker, Delivery, LiveBatch};
 use crate::metrics::RealtimeMetrics;
 
 /// A verified access token.
@@ -166,12 +166,11 @@ async fn run_connection(realtime: Arc<Realtime>, session: Session, mut stream: a
                 next = connection.deliver(delivery) => next,
                 _ = kick.raised() => connection.too_slow().await,
             },
-            // Live-only updates: the latest per unit, however far the client is behind; one that
-            // does not take them within the grace period is as stalled as one with a full queue.
+            // Live-only updates: a frame per topic with the latest per unit, however far the
+            // client is behind.
             _ = live.ready() => tokio::select! {
                 next = connection.deliver_live(live.take()) => next,
                 _ = kick.raised() => connection.too_slow().await,
-                _ = tokio::time::sleep(SEND_GRACE) => connection.too_slow().await,
             },
             _ = kick.raised() => connection.too_slow().await,
             _ = heartbeat.tick() => connection.on_heartbeat(last_heard).await,
@@ -376,15 +375,20 @@ impl Connection {
         self.send_error("unavailable", Some(topic), "the hub cannot read this topic right now; retry").await
     }
 
-    /// Live-only updates (telemetry): no order to keep, nothing to fill.
-    async fn deliver_live(&mut self, updates: Vec<Delivery>) -> Next {
-        for update in updates {
-            if !self.subscriptions.contains_key(&update.topic) {
+    /// Live-only frames (telemetry): no order to keep, nothing to fill. A client that does not
+    /// take one within the grace period has stalled: no queue fills up to tell, since newer
+    /// updates replace older ones, so the wait itself decides.
+    async fn deliver_live(&mut self, (frames, merged_away): (Vec<Arc<LiveBatch>>, u64)) -> Next {
+        self.realtime.metrics.live_coalesced.inc_by(merged_away);
+        for frame in frames {
+            if !self.subscriptions.contains_key(&frame.topic) {
                 continue;
             }
             self.realtime.metrics.events_sent.inc();
-            if self.session.text(&*update.json).await.is_err() {
-                return Next::Close(None);
+            match tokio::time::timeout(SEND_GRACE, self.session.text(&*frame.frame)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Next::Close(None),
+                Err(_) => return self.too_slow().await,
             }
         }
         Next::Continue
