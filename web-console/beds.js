@@ -3,20 +3,53 @@
 // tile in place; `facility.created` and `ward.added` redraw that facility. Nurses and admins
 // change a bed's status from its tile, through the HTTP API; the change comes back as an event.
 //
+// A `reserved` bed is an emergency bed dispatch holds for an incoming ambulance patient (its
+// `reserved_for` names the incident). It counts apart from free beds. Staff cannot reserve by hand;
+// admitting the incoming patient ends the hold, anything else must say so (`release_reservation`).
+//
 // For automated tests (and anyone inspecting the page) every tile carries `data-bed-id` and
 // `data-status`, and the board root carries `data-seq`, the last seq applied; all kept current.
 
 import { request } from './api.js';
 import { h, replaceChildren, formatTime, formatDateTime, shortId, isUuid, timeElement } from './dom.js';
 
-export const STATUSES = ['free', 'occupied', 'cleaning', 'out_of_service'];
+export const STATUSES = ['free', 'reserved', 'occupied', 'cleaning', 'out_of_service'];
+
+/** What staff may set a bed to: beds are reserved only by dispatch. */
+const STAFF_STATUSES = STATUSES.filter((status) => status !== 'reserved');
 
 export const STATUS_LABELS = {
   free: 'Free',
+  reserved: 'Reserved',
   occupied: 'Occupied',
   cleaning: 'Cleaning',
   out_of_service: 'Out of service',
 };
+
+// The look of `reserved` (violet, a dashed ring), next to the other statuses' in style.css; kept
+// here with the status until it moves there. Added once per page as a constructed style sheet
+// (the hub's Content-Security-Policy refuses inline <style>, not the CSS object model).
+const RESERVED_STYLE = `
+:root { --reserved: #7a3e9d; --reserved-text: #5a2a77; --reserved-tint: #f4ecfa; }
+.status--reserved, .count--reserved, .total--reserved { color: var(--reserved-text); }
+.status--reserved .status__mark, .count--reserved .status__mark, .total--reserved .status__mark { border-style: dashed; }
+.count--reserved { background: var(--reserved-tint); border-color: #dcc6ea; }
+.bed[data-status="reserved"] .bed__body { border-left-color: var(--reserved); background: var(--reserved-tint); }
+.board[data-show="reserved"] .bed:not([data-status="reserved"]) { display: none; }
+.totals { grid-template-columns: repeat(auto-fit, minmax(8.5rem, 1fr)); }
+.bed-dialog__hold { margin: 0 0 1rem; }
+.bed-dialog__hold label { display: flex; gap: 0.5rem; align-items: flex-start; font-weight: 600; }
+.bed-dialog__hold input { min-height: 0; margin-top: 0.2rem; accent-color: var(--reserved); }
+`;
+
+let reservedSheet = null;
+
+function addReservedStyle() {
+  if (reservedSheet || typeof CSSStyleSheet !== 'function' || !('adoptedStyleSheets' in document)) return;
+  reservedSheet = new CSSStyleSheet();
+  reservedSheet.replaceSync(RESERVED_STYLE);
+  document.adoptedStyleSheets = [...document.adoptedStyleSheets, reservedSheet];
+}
 
 const FACILITY_KINDS = { hospital: 'Hospital', clinic: 'Clinic', health_centre: 'Health centre' };
 const WARD_KINDS = {
@@ -61,6 +94,7 @@ function countList(counts, className) {
  * it (unsubscribes and closes any open dialog).
  */
 export function mountBedBoard(container, { user, live, announce }) {
+  addReservedStyle();
   const topic = `tenant/${user.tenant.slug}/beds`;
   const canChange = BED_WRITERS.includes(user.role);
   /** Facilities in display order (by name, as the hub sends them). */
@@ -252,6 +286,9 @@ export function mountBedBoard(container, { user, live, announce }) {
       bed.status === 'occupied' && bed.patient_id
         ? h('span', { class: 'bed__meta', title: `Patient ${bed.patient_id}` }, `Patient ${shortId(bed.patient_id)}`)
         : null,
+      bed.status === 'reserved' && bed.reserved_for
+        ? h('span', { class: 'bed__meta', title: `Held for the incoming patient of incident ${bed.reserved_for}` }, `Incoming · incident ${shortId(bed.reserved_for)}`)
+        : null,
       bed.updated_at ? h('span', { class: 'bed__meta' }, 'since ', timeElement(bed.updated_at, formatTime(bed.updated_at))) : null,
     ];
     if (canChange) {
@@ -273,7 +310,14 @@ export function mountBedBoard(container, { user, live, announce }) {
       live.resync(topic);
       return;
     }
-    updateBed(entry, { ...entry.bed, status: change.to, patient_id: change.patient_id, updated_at: change.at || entry.bed.updated_at });
+    updateBed(entry, {
+      ...entry.bed,
+      status: change.to,
+      patient_id: change.patient_id,
+      reserved_for: change.reserved_for || null,
+      reserved_patient_id: change.reserved_patient_id || null,
+      updated_at: change.at || entry.bed.updated_at,
+    });
   }
 
   /** Puts `bed` (a new state of a bed on the board) into the model and onto its tile. */
@@ -337,7 +381,7 @@ export function mountBedBoard(container, { user, live, announce }) {
     const title = h('h2', { id: 'bed-dialog-title' });
     const place = h('p', { class: 'muted' });
     const now = h('p', { class: 'bed-dialog__now' });
-    const radios = STATUSES.map((status) => h('input', { type: 'radio', name: 'bed-status', value: status, id: `bed-status-${status}` }));
+    const radios = STAFF_STATUSES.map((status) => h('input', { type: 'radio', name: 'bed-status', value: status, id: `bed-status-${status}` }));
     const patient = h('input', {
       type: 'text', id: 'bed-patient', name: 'patient_id', autocomplete: 'off', spellcheck: 'false',
       inputmode: 'text', placeholder: '00000000-0000-0000-0000-000000000000', 'aria-describedby': 'bed-patient-hint',
@@ -346,6 +390,13 @@ export function mountBedBoard(container, { user, live, announce }) {
       h('label', { for: 'bed-patient' }, 'Patient id'),
       patient,
       h('p', { class: 'hint', id: 'bed-patient-hint' }, 'The UUID of the patient taking this bed.'));
+    // Shown for a reserved bed: admitting the incoming patient ends the hold by itself; anything
+    // else ends it only when the nurse says so here.
+    const release = h('input', { type: 'checkbox', id: 'bed-release', name: 'release_reservation' });
+    const holdNote = h('p', { class: 'hint', id: 'bed-hold-hint' });
+    const holdField = h('div', { class: 'bed-dialog__hold', hidden: true },
+      holdNote,
+      h('label', { for: 'bed-release' }, release, 'End the hold for the incoming ambulance patient'));
     const error = h('div', { class: 'form-error', role: 'alert' });
     const save = h('button', { type: 'submit', class: 'button button--primary' }, 'Save');
     const cancel = h('button', { type: 'button', class: 'button', onclick: () => element.close() }, 'Cancel');
@@ -353,9 +404,10 @@ export function mountBedBoard(container, { user, live, announce }) {
       title, place, now,
       h('fieldset', { class: 'status-choice' },
         h('legend', {}, 'New status'),
-        STATUSES.map((status, i) => h('label', { class: ['status-choice__option', `status-choice__option--${status}`], for: `bed-status-${status}` },
+        STAFF_STATUSES.map((status, i) => h('label', { class: ['status-choice__option', `status-choice__option--${status}`], for: `bed-status-${status}` },
           radios[i], statusBadge(status)))),
       patientField,
+      holdField,
       error,
       h('div', { class: 'dialog-actions' }, cancel, save));
     const element = h('dialog', { class: 'bed-dialog', 'aria-labelledby': 'bed-dialog-title' }, form);
@@ -376,11 +428,21 @@ export function mountBedBoard(container, { user, live, announce }) {
       place.textContent = `${facility.name} · ${ward.name}`;
       replaceChildren(now, 'Now: ', statusBadge(bed.status),
         bed.status === 'occupied' && bed.patient_id ? h('span', { class: 'muted', title: bed.patient_id }, ` patient ${shortId(bed.patient_id)}`) : null,
+        bed.status === 'reserved' && bed.reserved_for ? h('span', { class: 'muted', title: bed.reserved_for }, ` for incident ${shortId(bed.reserved_for)}`) : null,
         bed.updated_at ? h('span', { class: 'muted' }, ` since ${formatDateTime(bed.updated_at)}`) : null);
       for (const radio of radios) {
         radio.disabled = radio.value === bed.status;
         if (radio.disabled && radio.checked) radio.checked = false;
       }
+      const held = bed.status === 'reserved';
+      holdField.hidden = !held;
+      if (!held) release.checked = false;
+      holdNote.textContent = held
+        ? (bed.reserved_patient_id
+          ? `Held for patient ${bed.reserved_patient_id}, on the way by ambulance. Admitting them ends the hold.`
+          : 'Held for a patient on the way by ambulance. Admitting them ends the hold.')
+        : '';
+      if (held && bed.reserved_patient_id && !patient.value) patient.value = bed.reserved_patient_id;
     }
 
     async function submit(event) {
@@ -404,6 +466,7 @@ export function mountBedBoard(container, { user, live, announce }) {
         patient.removeAttribute('aria-invalid');
         body.patient_id = id;
       }
+      if (entry.bed.status === 'reserved' && release.checked) body.release_reservation = true;
       busy = true;
       save.disabled = true;
       save.textContent = 'Saving…';
@@ -440,6 +503,7 @@ export function mountBedBoard(container, { user, live, announce }) {
         entry = tileEntry;
         for (const radio of radios) radio.checked = false;
         patient.value = '';
+        release.checked = false;
         patient.removeAttribute('aria-invalid');
         error.replaceChildren();
         describe();

@@ -4,12 +4,23 @@
 //
 // Live from `tenant/{slug}/map`: the snapshot (`{units, facilities}`) draws the map;
 // `unit.position` (live-only, seq 0) moves a marker; `unit.status_changed` and `unit.registered`
-// restyle or add one; `incident.*` (`{incident, detail}`) update the incident list and, for the
+// restyle or add one; `facility.capacity` updates a facility's free emergency beds (or adds a new
+// facility); `incident.*` (`{incident, detail}`) update the incident list and, for the
 // selected incident, its timeline. Incidents come from `GET /api/incidents`; dispatchers and admins
 // report new ones (`POST /api/incidents`, location by clicking the map or typing it) and cancel them.
+// A dispatcher may ask for a proposal instead of an immediate dispatch: the incident then waits as
+// `proposed` with the hub's choice (and alternatives) until they send it or another unit
+// (`POST /api/incidents/{id}/dispatch`).
+//
+// Selecting a unit (its marker) or an incident (its unit) shows the unit's latest vital signs with
+// their NEWS2 score and band (from the snapshot's `vitals`/`news2`, then live `unit.vitals`) and
+// draws its track of the last hour (`GET /api/ambulances/{id}/track`, extended by live fixes).
 //
 // For automated tests every unit marker carries `data-unit-id`, `data-lat`, `data-lon` and
-// `data-status`, and the map root carries `data-seq` (the last seq applied); all kept current.
+// `data-status`, and the map root carries `data-seq` (the last seq applied); all kept current. The
+// unit panel (`#unit-detail`) carries `data-selected-unit-id`, `data-news2-score` and
+// `data-news2-band`; the track polyline (`.map-track__line`) carries `data-track-unit-id` and
+// `data-points` (only markers carry `data-unit-id`).
 
 import { request } from './api.js';
 import { h, replaceChildren, formatTime, formatDateTime, shortId, timeElement } from './dom.js';
@@ -39,12 +50,13 @@ export const UNIT_STATUS_LABELS = {
 const PRIORITY_LABELS = { critical: 'Critical', urgent: 'Urgent', routine: 'Routine' };
 
 const INCIDENT_STATUS_LABELS = {
-  open: 'Open', dispatched: 'Dispatched', en_route: 'En route', on_scene: 'On scene', transporting: 'Transporting',
+  open: 'Open', proposed: 'Awaiting dispatch', dispatched: 'Dispatched', en_route: 'En route', on_scene: 'On scene', transporting: 'Transporting',
   at_hospital: 'At hospital', closed: 'Closed', cancelled: 'Cancelled', unassigned: 'Unassigned',
 };
 
 const STEP_LABELS = {
   'incident.created': 'Reported',
+  'incident.proposed': 'Unit proposed',
   'incident.dispatched': 'Unit dispatched',
   'incident.acknowledged': 'Unit acknowledged',
   'incident.on_scene': 'Unit on scene',
@@ -55,6 +67,15 @@ const STEP_LABELS = {
   'incident.unassigned': 'No unit available',
   'incident.cancelled': 'Cancelled',
 };
+
+const BAND_LABELS = { low: 'Low', low_medium: 'Low–medium', medium: 'Medium', high: 'High' };
+/** How each NEWS2 band is shown: the urgency of the response it calls for. */
+const BAND_NOTICE = { low: 'notice--info', low_medium: 'notice--warning', medium: 'notice--warning', high: 'notice--error' };
+const CONSCIOUSNESS_LABELS = {
+  alert: 'Alert', confusion: 'New confusion', voice: 'Responds to voice', pain: 'Responds to pain', unresponsive: 'Unresponsive',
+};
+/** How far back a selected unit's track goes. */
+const TRACK_MINUTES = 60;
 
 /** Roles the hub lets report and cancel incidents. */
 const REPORTERS = ['dispatcher', 'admin'];
@@ -134,6 +155,8 @@ function unitFrom(raw) {
     speed: finite(raw.speed) ? raw.speed : position && finite(position.speed_mps) ? position.speed_mps : null,
     heading: finite(raw.heading) ? raw.heading : position && finite(position.heading_deg) ? position.heading_deg : null,
     fix_time: raw.fix_time || (position && position.fix_time) || null,
+    vitals: raw.vitals && raw.news2 ? raw.vitals : null,
+    news2: raw.vitals && raw.news2 ? raw.news2 : null,
   };
 }
 
@@ -160,10 +183,16 @@ export function mountMap(container, { user, live, announce }) {
   let selectedIncidentClosed = null;
   /** The selected incident's timeline as last loaded; null while loading. */
   let lastTimeline = null;
+  /** The unit whose vitals and track are shown (picked on the map, or the selected incident's). */
+  let selectedUnitId = null;
+  /** The selected unit's recent track: {unitId, points: [{lat, lon, at}], error?}. */
+  let track = null;
+  let trackToken = 0;
 
   // ---- The drawing ----
   const gridLayer = svg('g', { class: 'map-grid', 'aria-hidden': 'true' });
   const linkLayer = svg('g', { class: 'map-links', 'aria-hidden': 'true' });
+  const trackLayer = svg('g', { class: 'map-track', 'aria-hidden': 'true' });
   const facilityLayer = svg('g', { class: 'map-facilities' });
   const incidentLayer = svg('g', { class: 'map-incidents' });
   const unitLayer = svg('g', { class: 'map-units' });
@@ -179,7 +208,7 @@ export function mountMap(container, { user, live, announce }) {
   },
   svg('title', { id: 'map-svg-title' }, 'Map of units, incidents and facilities'),
   svg('rect', { class: 'map-bg', x: 0, y: 0, width: WIDTH, height: HEIGHT }),
-  gridLayer, linkLayer, facilityLayer, incidentLayer, unitLayer, pickLayer, scaleLayer);
+  gridLayer, trackLayer, linkLayer, facilityLayer, incidentLayer, unitLayer, pickLayer, scaleLayer);
 
   const updated = h('p', { class: 'map-page__updated muted', 'aria-live': 'off' });
   const problem = h('div', { class: 'map-page__problem', role: 'alert' });
@@ -189,6 +218,8 @@ export function mountMap(container, { user, live, announce }) {
   const incidentsBody = h('div', { class: 'incidents__body' }, h('p', { class: 'placeholder' }, 'Loading incidents…'));
   const detail = h('div', { class: 'incident-detail' },
     h('p', { class: 'muted incident-detail__empty' }, 'Select an incident to see its timeline.'));
+  const unitPanel = h('div', { class: 'unit-detail', id: 'unit-detail', 'aria-live': 'off' });
+  const trackNote = h('p', { class: 'muted unit-detail__track' });
   const form = canReport ? createReportForm() : null;
 
   const root = h('section', { class: 'map-page', id: 'emergency-map', 'aria-labelledby': 'page-title', dataset: { seq: '' } },
@@ -212,7 +243,11 @@ export function mountMap(container, { user, live, announce }) {
           incidentsBody),
         h('section', { class: 'card map-side__card', 'aria-labelledby': 'incident-detail-title' },
           h('h2', { id: 'incident-detail-title' }, 'Timeline'),
-          detail))));
+          detail),
+        h('section', { class: 'card map-side__card', 'aria-labelledby': 'unit-detail-title' },
+          h('h2', { id: 'unit-detail-title' }, 'Unit and vital signs'),
+          unitPanel,
+          trackNote))));
   replaceChildren(container, root);
 
   fitView();
@@ -244,6 +279,7 @@ export function mountMap(container, { user, live, announce }) {
       case 'snapshot':
         problem.replaceChildren();
         applySnapshot(message.data || {});
+        renderUnitPanel();
         setSeq(message.seq);
         // Incidents may have moved on while the line was down.
         loadIncidents();
@@ -252,6 +288,7 @@ export function mountMap(container, { user, live, announce }) {
         applyPosition(message.data || {});
         break;
       case 'unit.vitals':
+        applyVitals(message.data || {});
         break;
       case 'unit.status_changed':
         applyStatusChange(message.data || {});
@@ -261,6 +298,10 @@ export function mountMap(container, { user, live, announce }) {
         upsertUnit(unitFrom((message.data && message.data.unit) || message.data || {}));
         ensureInView();
         renderCounts();
+        setSeq(message.seq, message.ts);
+        break;
+      case 'facility.capacity':
+        applyCapacity(message.data || {});
         setSeq(message.seq, message.ts);
         break;
       case 'error':
@@ -327,6 +368,7 @@ export function mountMap(container, { user, live, announce }) {
       drawUnit(entry);
     }
     if (!ensureInView()) drawLinks();
+    if (data.unit_id === selectedUnitId) extendTrack(data);
   }
 
   function applyStatusChange(change) {
@@ -335,6 +377,8 @@ export function mountMap(container, { user, live, announce }) {
       live.resync(topic);
       return;
     }
+    // Vitals belong to a mission's patient: a new mission (or none) starts without them.
+    if ((change.incident_id || null) !== entry.unit.incident_id) Object.assign(entry.unit, { vitals: null, news2: null });
     Object.assign(entry.unit, {
       status: change.to,
       incident_id: change.incident_id || null,
@@ -345,6 +389,7 @@ export function mountMap(container, { user, live, announce }) {
     drawLinks();
     renderCounts();
     if (selectedId && (change.incident_id === selectedId || entry.unit.incident_id === selectedId)) renderDetail();
+    if (change.unit_id === selectedUnitId) renderUnitPanel();
   }
 
   function applyIncidentEvent(message) {
@@ -352,11 +397,13 @@ export function mountMap(container, { user, live, announce }) {
     if (!incident || !incident.id) return;
     const open = !['closed', 'cancelled'].includes(incident.status);
     const known = incidents.has(incident.id);
+    const previousUnit = incidents.get(incident.id)?.unit_id || null;
     if (open) incidents.set(incident.id, incident);
     else incidents.delete(incident.id);
     if (message.type === 'incident.created' && !known && open) announce(`New ${PRIORITY_LABELS[incident.priority] || ''} incident reported.`.replace('  ', ' '));
     renderIncidents();
     if (incident.id === selectedId) {
+      if ((incident.unit_id || null) !== previousUnit) selectUnit(incident.unit_id || null);
       if (!open) selectedIncidentClosed = incident;
       loadTimeline(incident.id);
     }
@@ -370,7 +417,16 @@ export function mountMap(container, { user, live, announce }) {
     if (entry) {
       Object.assign(entry.unit, Object.fromEntries(Object.entries(unit).filter(([, v]) => v !== null && v !== '')));
     } else {
-      const element = svg('g', { class: 'map-unit', tabindex: '0', role: 'img', dataset: { unitId: unit.id } });
+      const element = svg('g', {
+        class: 'map-unit',
+        tabindex: '0',
+        role: 'button',
+        dataset: { unitId: unit.id },
+        onclick: (event) => { event.stopPropagation(); selectUnit(unit.id === selectedUnitId ? null : unit.id); },
+        onkeydown: (event) => {
+          if (event.key === 'Enter' || event.key === ' ') { event.preventDefault(); selectUnit(unit.id === selectedUnitId ? null : unit.id); }
+        },
+      });
       entry = { unit, element };
       units.set(unit.id, entry);
       unitLayer.append(element);
@@ -405,6 +461,20 @@ export function mountMap(container, { user, live, announce }) {
         : null,
       svg('path', { class: 'map-unit__shape', d: UNIT_SHAPES[unit.status] || UNIT_SHAPES.available }),
       svg('text', { class: 'map-unit__label', x: 14, y: 4 }, unit.call_sign || shortId(unit.id)));
+  }
+
+  /**
+   * A facility's free emergency beds changed (a bed changed, or one was held for or released by an
+   * incident), or a facility was created: redraw its marker with the new count.
+   */
+  function applyCapacity(data) {
+    if (!data.facility_id) return;
+    const existing = facilities.get(data.facility_id);
+    const facility = existing
+      ? { ...existing.facility, free_emergency_beds: data.free_emergency_beds }
+      : { id: data.facility_id, name: data.name, lat: data.lat, lon: data.lon, free_emergency_beds: data.free_emergency_beds };
+    upsertFacility(facility);
+    if (!existing) ensureInView();
   }
 
   function upsertFacility(facility, { place = true } = {}) {
@@ -557,6 +627,7 @@ export function mountMap(container, { user, live, announce }) {
     for (const entry of facilities.values()) drawFacility(entry);
     drawIncidents();
     drawPick();
+    drawTrack();
   }
 
   /** The grid lines and the scale bar for the current projection. */
@@ -668,6 +739,117 @@ export function mountMap(container, { user, live, announce }) {
     drawIncidents();
     renderDetail(null);
     loadTimeline(id);
+    selectUnit(incidents.get(id)?.unit_id || null);
+  }
+
+  // ---- The selected unit: latest vital signs and recent track ----
+
+  function applyVitals(data) {
+    const entry = units.get(data.unit_id);
+    if (!entry || !data.vitals || !data.news2) return;
+    const unit = entry.unit;
+    // Readings may arrive out of order over MQTT; keep the newest.
+    if (unit.vitals?.measured_at && data.vitals.measured_at && Date.parse(data.vitals.measured_at) < Date.parse(unit.vitals.measured_at)) return;
+    const before = unit.news2 ? unit.news2.band : null;
+    Object.assign(unit, { vitals: data.vitals, news2: data.news2 });
+    if (data.unit_id !== selectedUnitId) return;
+    renderUnitPanel();
+    if (before !== data.news2.band) announce(`${unit.call_sign || 'The unit'}: NEWS2 ${data.news2.score}, ${BAND_LABELS[data.news2.band] || data.news2.band} risk.`);
+  }
+
+  function selectUnit(id) {
+    if (id !== selectedUnitId) {
+      selectedUnitId = id;
+      track = id ? { unitId: id, points: [] } : null;
+      drawTrack();
+      if (id) loadTrack(id);
+    }
+    for (const entry of units.values()) entry.element.setAttribute('aria-pressed', entry.unit.id === id ? 'true' : 'false');
+    renderUnitPanel();
+  }
+
+  function renderUnitPanel() {
+    const unit = selectedUnitId ? units.get(selectedUnitId)?.unit : null;
+    for (const name of ['selectedUnitId', 'news2Score', 'news2Band']) delete unitPanel.dataset[name];
+    if (!unit) {
+      replaceChildren(unitPanel, h('p', { class: 'muted' }, selectedUnitId
+        ? 'This unit is not on the map.'
+        : 'Select a unit, or an incident with a unit, to see its latest vital signs and recent track.'));
+      return;
+    }
+    unitPanel.dataset.selectedUnitId = unit.id;
+    const { vitals, news2 } = unit;
+    const fact = (term, value) => h('div', {}, h('dt', {}, term), h('dd', {}, value));
+    if (vitals && news2) {
+      unitPanel.dataset.news2Score = String(news2.score);
+      unitPanel.dataset.news2Band = news2.band;
+    }
+    replaceChildren(unitPanel,
+      h('div', { class: 'incident-detail__head' }, h('strong', {}, unit.call_sign || shortId(unit.id)), unitStatusBadge(unit.status)),
+      vitals && news2
+        ? [
+          h('div', { class: ['notice', BAND_NOTICE[news2.band] || 'notice--info', 'unit-detail__news2'] },
+            h('strong', {}, `NEWS2 ${news2.score}`), ` · ${BAND_LABELS[news2.band] || news2.band} risk`),
+          h('dl', { class: 'incident-detail__facts unit-detail__vitals' },
+            fact('Measured', timeElement(vitals.measured_at, formatTime(vitals.measured_at))),
+            fact('Respiration', `${vitals.respiration_rate} /min`),
+            fact('SpO₂', `${vitals.spo2} % ${vitals.on_oxygen ? 'on oxygen' : 'on air'}`),
+            fact('Systolic BP', `${vitals.systolic_bp} mmHg`),
+            fact('Pulse', `${vitals.pulse} /min`),
+            fact('Consciousness', CONSCIOUSNESS_LABELS[vitals.consciousness] || vitals.consciousness),
+            fact('Temperature', `${vitals.temperature} °C`)),
+        ]
+        : h('p', { class: 'muted unit-detail__no-vitals' }, 'No vital signs from this unit on its current mission.'));
+  }
+
+  async function loadTrack(id) {
+    const token = ++trackToken;
+    const from = new Date(Date.now() - TRACK_MINUTES * 60_000).toISOString();
+    try {
+      const answer = await request('GET', `/api/ambulances/${id}/track?from=${encodeURIComponent(from)}`);
+      if (destroyed || token !== trackToken || id !== selectedUnitId) return;
+      const loaded = (answer.points || []).filter((p) => finite(p.lat) && finite(p.lon)).map((p) => ({ lat: p.lat, lon: p.lon, at: p.fix_time }));
+      // Fixes that arrived live while the track loaded are kept (once).
+      const seen = new Set(loaded.map((p) => p.at));
+      track = { unitId: id, points: [...loaded, ...(track?.points || []).filter((p) => !seen.has(p.at))] };
+      track.points.sort((a, b) => Date.parse(a.at) - Date.parse(b.at));
+      drawTrack();
+    } catch (failure) {
+      if (destroyed || token !== trackToken || id !== selectedUnitId) return;
+      track = { unitId: id, points: track?.points || [], error: failure.detail || failure.message };
+      drawTrack();
+    }
+  }
+
+  function extendTrack(data) {
+    if (!track || track.unitId !== data.unit_id || !finite(data.lat) || !finite(data.lon)) return;
+    const point = { lat: data.lat, lon: data.lon, at: data.fix_time };
+    const last = track.points[track.points.length - 1];
+    track.points.push(point);
+    if (last && Date.parse(point.at) < Date.parse(last.at)) track.points.sort((a, b) => Date.parse(a.at) - Date.parse(b.at));
+    drawTrack();
+  }
+
+  function drawTrack() {
+    trackLayer.replaceChildren();
+    if (!track) {
+      trackNote.textContent = '';
+      return;
+    }
+    const count = track.points.length;
+    trackNote.textContent = track.error
+      ? `The track could not be loaded: ${track.error}`
+      : `Track: ${count} position${count === 1 ? '' : 's'} in the last ${TRACK_MINUTES} minutes.`;
+    if (count === 0) return;
+    const coordinates = track.points.map((p) => project(p.lat, p.lon).map((v) => v.toFixed(1)).join(',')).join(' ');
+    const [sx, sy] = project(track.points[0].lat, track.points[0].lon);
+    // Presentation attributes, not inline styles: the console's CSP allows no inline style.
+    trackLayer.append(
+      svg('polyline', {
+        class: 'map-track__line', points: coordinates, fill: 'none', stroke: '#1d5fbf', 'stroke-width': 3, 'stroke-opacity': 0.6,
+        'stroke-linejoin': 'round', 'stroke-linecap': 'round', dataset: { trackUnitId: track.unitId, points: String(count) },
+      }),
+      svg('circle', { class: 'map-track__start', cx: sx.toFixed(1), cy: sy.toFixed(1), r: 3.5, fill: '#1d5fbf', 'fill-opacity': 0.6 }));
   }
 
   async function loadTimeline(id) {
@@ -708,13 +890,59 @@ export function mountMap(container, { user, live, announce }) {
       timeline === null
         ? h('p', { class: 'placeholder' }, 'Loading the timeline…')
         : h('ol', { class: 'timeline', 'aria-label': 'Timeline' }, timeline.map(renderStep)),
+      canReport && ['proposed', 'unassigned'].includes(incident.status) ? dispatchControl(incident, timeline) : null,
       canReport && open ? cancelControl(incident) : null);
+  }
+
+  /** For an incident waiting on the dispatcher: the proposed unit (or another free one) to send. */
+  function dispatchControl(incident, timeline) {
+    const proposal = timeline ? [...timeline].reverse().find((step) => step.type === 'incident.proposed')?.data?.detail : null;
+    const options = proposal && incident.status === 'proposed' ? [proposal, ...(proposal.alternatives || [])] : [];
+    const known = new Set(options.map((option) => option.unit_id));
+    for (const { unit } of units.values()) {
+      if (unit.status === 'available' && unit.lat !== null && !known.has(unit.id)) options.push({ unit_id: unit.id, call_sign: unit.call_sign });
+    }
+    const choice = h('select', { id: 'incident-dispatch-unit', name: 'unit_id' },
+      options.map((option, index) => h('option', { value: option.unit_id, selected: index === 0 },
+        [option.call_sign || shortId(option.unit_id),
+          finite(option.eta_minutes) ? ` · ETA ${formatEta(option.eta_minutes)} (${option.distance_km} km)` : '',
+          index === 0 && proposal && incident.status === 'proposed' ? ' · proposed' : ''].join(''))));
+    const error = h('div', { class: 'form-error', role: 'alert' });
+    const button = h('button', { type: 'submit', class: 'button button--primary', disabled: options.length === 0 }, 'Dispatch unit');
+    return h('form', {
+      class: 'incident-dispatch',
+      novalidate: true,
+      onsubmit: async (event) => {
+        event.preventDefault();
+        error.replaceChildren();
+        button.disabled = true;
+        try {
+          const answer = await request('POST', `/api/incidents/${incident.id}/dispatch`, { body: { unit_id: choice.value } });
+          if (answer && answer.id && !destroyed) {
+            incidents.set(answer.id, answer);
+            renderIncidents();
+            loadTimeline(answer.id);
+            const unit = answer.unit_id ? units.get(answer.unit_id)?.unit : null;
+            announce(`${unit ? unit.call_sign : 'Unit'} dispatched.`);
+          }
+        } catch (failure) {
+          error.textContent = failure.detail || failure.message;
+          button.disabled = false;
+        }
+      },
+    },
+    h('div', { class: 'field' }, h('label', { for: 'incident-dispatch-unit' }, 'Unit to send'),
+      options.length ? choice : h('p', { class: 'hint' }, 'No available unit with a known position right now.')),
+    error,
+    button);
   }
 
   function renderStep(step) {
     const info = step.data?.detail || {};
     let extra = '';
-    if (step.type === 'incident.dispatched') {
+    if (step.type === 'incident.proposed') {
+      extra = [info.call_sign, finite(info.eta_minutes) ? `ETA ${formatEta(info.eta_minutes)}` : ''].filter(Boolean).join(', ');
+    } else if (step.type === 'incident.dispatched') {
       const unit = info.unit_id ? units.get(info.unit_id)?.unit : null;
       extra = [unit ? unit.call_sign : info.unit_id ? `unit ${shortId(info.unit_id)}` : '',
         finite(info.eta_minutes) ? `ETA ${formatEta(info.eta_minutes)}` : '',
@@ -786,6 +1014,7 @@ export function mountMap(container, { user, live, announce }) {
     const priority = h('select', { id: 'incident-priority', name: 'priority' },
       ['critical', 'urgent', 'routine'].map((value) => h('option', { value, selected: value === 'urgent' }, PRIORITY_LABELS[value])));
     const description = h('textarea', { id: 'incident-description', name: 'description', rows: '3', maxlength: '1000', required: true });
+    const proposeOnly = h('input', { type: 'checkbox', id: 'incident-propose', name: 'propose' });
     const error = h('div', { class: 'form-error', role: 'alert' });
     const outcome = h('div', { class: 'incident-form__outcome', role: 'status' });
     const submit = h('button', { type: 'submit', class: 'button button--primary' }, 'Report and dispatch');
@@ -831,7 +1060,10 @@ export function mountMap(container, { user, live, announce }) {
       submit.textContent = 'Dispatching…';
       try {
         const incident = await request('POST', '/api/incidents', {
-          body: { location: { lat: values.lat, lon: values.lon }, priority: priority.value, description: values.description },
+          body: {
+            location: { lat: values.lat, lon: values.lon }, priority: priority.value, description: values.description,
+            dispatch: proposeOnly.checked ? 'propose' : 'auto',
+          },
         });
         if (destroyed) return;
         if (!['closed', 'cancelled'].includes(incident.status)) incidents.set(incident.id, incident);
@@ -849,6 +1081,13 @@ export function mountMap(container, { user, live, announce }) {
     }
 
     async function showOutcome(incident) {
+      if (incident.status === 'proposed') {
+        const proposed = units.get(incident.proposed_unit_id)?.unit;
+        replaceChildren(outcome, h('div', { class: 'notice notice--info' },
+          h('strong', {}, `${proposed ? proposed.call_sign : 'A unit'} proposed. `), 'Nothing is sent until you dispatch it below.'));
+        announce(`Incident reported; ${proposed ? proposed.call_sign : 'a unit'} proposed, awaiting your dispatch.`);
+        return;
+      }
       const unit = incident.unit_id ? units.get(incident.unit_id)?.unit : null;
       if (!incident.unit_id) {
         replaceChildren(outcome, h('div', { class: 'notice notice--warning' },
@@ -882,6 +1121,7 @@ export function mountMap(container, { user, live, announce }) {
           h('div', { class: 'field' }, h('label', { for: 'incident-lon' }, 'Longitude'), lon)),
         h('div', { class: 'field' }, h('label', { for: 'incident-priority' }, 'Priority'), priority),
         h('div', { class: 'field' }, h('label', { for: 'incident-description' }, 'What happened'), description),
+        h('div', { class: 'field' }, h('label', { for: 'incident-propose' }, proposeOnly, ' Propose a unit; I confirm before it is sent')),
         error,
         h('div', { class: 'incident-form__actions' }, clear, submit)),
       outcome);

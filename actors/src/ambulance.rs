@@ -7,9 +7,13 @@
 //! of service from and back to available). Positions are telemetry: the latest lives in the actor
 //! and goes to map subscribers at once as live-only updates, and every fix is written to the unit's
 //! track by the [`TrackWriter`] in batches (one multi-row insert per batch), through a bounded
-//! buffer that sheds (and counts) fixes rather than slow the units down.
+//! buffer that sheds (and counts) fixes rather than slow the units down. Vital signs are scored
+//! (NEWS2), pushed live, and stored as observations of the unit's incident and its patient by the
+//! same writer ([`crate::observations`]), which never sheds them: a reading is answered (and so
+//! acknowledged to the device) only once committed with its audit entry, and one it cannot queue or
+//! commit is refused, so the device sends it again. [`TrackWriter::close`] drains both on shutdown.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -17,7 +21,7 @@ use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sqlx::{PgPool, Row};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::{info, info_span, warn, Instrument};
 use uuid::Uuid;
 
@@ -30,6 +34,7 @@ use crate::error::ActorError;
 use crate::live::LiveFeed;
 use crate::metrics::ActorMetrics;
 use crate::news2::{self, News2, RiskBand, SpO2Scale, Vitals};
+use crate::observations::{self, Committing, Observation, ObservationWriter};
 use crate::store::{self, EventDraft};
 use crate::topics;
 
@@ -262,49 +267,114 @@ pub struct TrackPoint {
     pub fix: GpsFix,
 }
 
-/// Writes positions in batches: a bounded buffer, drained into one multi-row insert (and one
-/// update of each unit's latest position) at most every 200 ms or 1,000 fixes.
+/// A writer task's queue: waits for a first item, then takes what else is queued (up to a batch's
+/// size or for a short while). Once the owner closes it, it stops taking new items, drains what was
+/// queued, and then yields empty batches: the task's signal to end.
+pub(crate) struct BatchQueue<T> {
+    receiver: mpsc::Receiver<T>,
+    closing: watch::Receiver<bool>,
+    closed: bool,
+}
+
+impl<T> BatchQueue<T> {
+    pub(crate) fn new(mut receiver: mpsc::Receiver<T>, closing: watch::Receiver<bool>) -> BatchQueue<T> {
+        let closed = *closing.borrow();
+        if closed {
+            receiver.close();
+        }
+        BatchQueue { receiver, closing, closed }
+    }
+
+    async fn next(&mut self) -> Option<T> {
+        if !self.closed {
+            tokio::select! {
+                item = self.receiver.recv() => return item,
+                // Closing (or the owner gone): refuse new items, keep the queued ones.
+                _ = self.closing.changed() => {
+                    self.closed = true;
+                    self.receiver.close();
+                }
+            }
+        }
+        self.receiver.recv().await
+    }
+
+    /// The next group commit: waits for a first item, then takes whatever else is queued already
+    /// (up to `max`) without waiting for more. Empty only when the queue is closed and drained.
+    pub(crate) async fn next_queued(&mut self, max: usize) -> Vec<T> {
+        let mut batch = Vec::new();
+        let Some(first) = self.next().await else {
+            return batch;
+        };
+        batch.push(first);
+        while batch.len() < max {
+            match self.receiver.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
+            }
+        }
+        batch
+    }
+
+    /// The next batch: empty only when the queue is closed and drained.
+    pub(crate) async fn next_batch(&mut self, max: usize, linger: Duration) -> Vec<T> {
+        let mut batch = Vec::new();
+        let Some(first) = self.next().await else {
+            return batch;
+        };
+        batch.push(first);
+        let deadline = tokio::time::sleep(linger);
+        tokio::pin!(deadline);
+        while batch.len() < max {
+            tokio::select! {
+                more = self.next() => match more {
+                    Some(item) => batch.push(item),
+                    None => break,
+                },
+                _ = &mut deadline => break,
+            }
+        }
+        batch
+    }
+}
+
+/// The units' telemetry writer: positions to their tracks in batches (a bounded buffer, drained
+/// into one multi-row insert at most every 200 ms or 1,000 fixes), and vital signs to observations
+/// (the [`ObservationWriter`]). [`TrackWriter::close`] drains both before the hub stops.
 #[derive(Clone)]
 pub struct TrackWriter {
     buffer: mpsc::Sender<TrackPoint>,
     dropped: prometheus::IntCounter,
+    observations: ObservationWriter,
+    closing: Arc<watch::Sender<bool>>,
+    tasks: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
 }
 
 impl TrackWriter {
-    /// Starts the writer task (inside a running actix system); it ends when every sender is gone.
+    /// Starts the writer tasks (inside a running actix system); they end on [`TrackWriter::close`].
     pub fn start(pool: PgPool, capacity: usize, registry: &prometheus::Registry) -> prometheus::Result<TrackWriter> {
         let dropped = prometheus::IntCounter::new("medhub_track_fixes_dropped_total", "GPS fixes not written because the track buffer was full")?;
         let written = prometheus::IntCounter::new("medhub_track_fixes_written_total", "GPS fixes written to unit tracks")?;
         registry.register(Box::new(dropped.clone()))?;
         registry.register(Box::new(written.clone()))?;
-        let (buffer, mut receiver) = mpsc::channel::<TrackPoint>(capacity.max(1));
-        actix::spawn(async move {
-            let mut batch = Vec::with_capacity(1000);
+        let (closing, closed) = watch::channel(false);
+        let (buffer, receiver) = mpsc::channel::<TrackPoint>(capacity.max(1));
+        let track_pool = pool.clone();
+        let mut queue = BatchQueue::new(receiver, closed.clone());
+        let track_task = actix::spawn(async move {
             loop {
-                let first = match receiver.recv().await {
-                    Some(point) => point,
-                    None => break,
-                };
-                batch.push(first);
-                let deadline = tokio::time::sleep(Duration::from_millis(200));
-                tokio::pin!(deadline);
-                while batch.len() < 1000 {
-                    tokio::select! {
-                        more = receiver.recv() => match more {
-                            Some(point) => batch.push(point),
-                            None => break,
-                        },
-                        _ = &mut deadline => break,
-                    }
+                let batch = queue.next_batch(1000, Duration::from_millis(200)).await;
+                if batch.is_empty() {
+                    break;
                 }
-                match write_batch(&pool, &batch).await {
+                match write_batch(&track_pool, &batch).await {
                     Ok(()) => written.inc_by(batch.len() as u64),
                     Err(e) => warn!(error = %e, fixes = batch.len(), "cannot write a batch of track points; they are lost"),
                 }
-                batch.clear();
             }
         });
-        Ok(TrackWriter { buffer, dropped })
+        let (observations, observation_task) = ObservationWriter::start(pool, OBSERVATION_BUFFER, registry, closed)?;
+        Ok(TrackWriter { buffer, dropped, observations, closing: Arc::new(closing), tasks: Arc::new(Mutex::new(vec![track_task, observation_task])) })
     }
 
     /// Queues a fix; when the buffer is full the fix is dropped and counted (the latest position
@@ -314,7 +384,28 @@ impl TrackWriter {
             self.dropped.inc();
         }
     }
+
+    /// Queues a vitals reading as an observation (await the [`Committing`] before acknowledging
+    /// it); refuses it (unavailable: the device sends it again) when it cannot be queued.
+    pub fn record_observation(&self, observation: Observation) -> Result<Committing, ActorError> {
+        self.observations.record(observation)
+    }
+
+    /// Stops taking telemetry, writes what is queued, and returns once it is written. Call after
+    /// the actors stopped and before the database pool closes.
+    pub async fn close(&self) {
+        self.closing.send_replace(true);
+        let tasks: Vec<_> = std::mem::take(&mut *self.tasks.lock().expect("track writer tasks lock"));
+        for task in tasks {
+            if let Err(e) = task.await {
+                warn!(error = %e, "a telemetry writer task failed while draining");
+            }
+        }
+    }
 }
+
+/// How many vitals readings may wait to be written before new ones are refused.
+const OBSERVATION_BUFFER: usize = 20_000;
 
 async fn write_batch(pool: &PgPool, batch: &[TrackPoint]) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
@@ -477,21 +568,45 @@ impl Handler<PositionFix> for AmbulanceActor {
     }
 }
 
-/// A set of vital signs from the unit's monitor: scored (NEWS2) and shown live.
+/// A set of vital signs from the unit's monitor: scored (NEWS2), shown live at once, and answered
+/// once stored as an observation of the unit's incident (so the device is acknowledged only for a
+/// committed reading). The actor goes on with its other messages (GPS fixes above all) while the
+/// reading commits.
 #[derive(Message)]
 #[rtype(result = "Result<News2, ActorError>")]
 pub struct VitalsReading(pub Box<Vitals>);
 
 impl Handler<VitalsReading> for AmbulanceActor {
-    type Result = Result<News2, ActorError>;
+    type Result = ResponseFuture<Result<News2, ActorError>>;
 
     fn handle(&mut self, VitalsReading(vitals): VitalsReading, _ctx: &mut Context<Self>) -> Self::Result {
-        let topic = topics::map_topic(&self.core.tenant);
+        match self.take_vitals(*vitals) {
+            Ok((scored, committing)) => Box::pin(async move { committing.committed().await.map(|()| scored) }),
+            Err(error) => Box::pin(std::future::ready(Err(error))),
+        }
+    }
+}
+
+impl AmbulanceActor {
+    /// Scores a reading, queues it for the observation writer, and shows it live (raising the
+    /// pre-arrival alert if it calls for one); what to await before answering.
+    fn take_vitals(&mut self, vitals: Vitals) -> Result<(News2, Committing), ActorError> {
+        let (tenant_id, topic) = (self.core.tenant_id, topics::map_topic(&self.core.tenant));
         let unit = self.core.state.as_mut().ok_or_else(|| ActorError::Unavailable("the ambulance is loading; retry shortly".to_owned()))?;
         let scored = news2::score(&vitals, SpO2Scale::Scale1);
+        // Queued first: a reading that cannot be queued is refused whole (the device resends it).
+        let committing = self.track.record_observation(Observation {
+            tenant_id,
+            id: Uuid::new_v4(),
+            unit_id: unit.id,
+            incident_id: unit.incident_id,
+            vitals,
+            news2: scored,
+            received_at: Utc::now(),
+        })?;
         let data = json!({"unit_id": unit.id, "incident_id": unit.incident_id, "vitals": vitals, "news2": scored});
         let previous_band = unit.vitals.as_ref().map(|(_, before)| before.band());
-        unit.vitals = Some((*vitals, scored.clone()));
+        unit.vitals = Some((vitals, scored));
         self.live.publish(&topic, UNIT_VITALS, &unit.id.to_string(), &data);
         // A patient on the way whose score reaches medium or high: tell the receiving facility now
         // (again only when the band rises, not on every reading).
@@ -512,7 +627,7 @@ impl Handler<VitalsReading> for AmbulanceActor {
                 .instrument(info_span!("arrival_alert", tenant = %self.core.tenant, %unit_id)),
             );
         }
-        Ok(scored)
+        Ok((scored, committing))
     }
 }
 
@@ -626,30 +741,46 @@ pub async fn track(pool: &PgPool, tenant_id: Uuid, unit_id: Uuid, from: DateTime
         .collect())
 }
 
-/// The map as a new subscriber starts from: every unit with its latest position, and every
-/// facility with its free emergency beds; and the map topic's seq it reflects.
+/// The map as a new subscriber starts from: every unit with its latest position and the latest
+/// vitals of its current incident (`vitals` and `news2` as the live `unit.vitals` update carries
+/// them; a unit without an incident shows readings of the last 30 minutes only), and every facility
+/// with its free emergency beds; and the map topic's seq it reflects.
 pub async fn map_snapshot(pool: &PgPool, tenant_id: Uuid, topic: &str) -> Result<(i64, Value), sqlx::Error> {
     let mut tx = pool.begin().await?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
     let seq = store::topic_head(&mut tx, topic).await?;
-    let units = sqlx::query(
-        "SELECT a.id, a.call_sign, a.status, a.incident_id, a.destination_id, p.lat, p.lon, p.speed, p.heading, p.fix_time
+    let vitals_columns = observations::VITALS_COLUMNS;
+    let units = sqlx::query(&format!(
+        "SELECT a.id, a.call_sign, a.status, a.incident_id, a.destination_id, p.lat, p.lon, p.speed, p.heading, p.fix_time, o.*
          FROM ambulances a LEFT JOIN LATERAL (
              SELECT lat, lon, speed, heading, fix_time FROM ambulance_positions WHERE unit_id = a.id ORDER BY fix_time DESC LIMIT 1
          ) p ON true
-         WHERE a.tenant_id = $1 ORDER BY a.call_sign",
-    )
+         LEFT JOIN LATERAL (
+             -- One branch runs: the current incident's readings (its index), or the idle unit's
+             -- recent ones (a bounded range of the unit's index).
+             (SELECT {vitals_columns} FROM observations
+              WHERE a.incident_id IS NOT NULL AND tenant_id = a.tenant_id AND incident_id = a.incident_id AND unit_id = a.id
+              ORDER BY measured_at DESC LIMIT 1)
+             UNION ALL
+             (SELECT {vitals_columns} FROM observations
+              WHERE a.incident_id IS NULL AND unit_id = a.id AND incident_id IS NULL AND measured_at > now() - interval '30 minutes'
+              ORDER BY measured_at DESC LIMIT 1)
+         ) o ON true
+         WHERE a.tenant_id = $1 ORDER BY a.call_sign"
+    ))
     .bind(tenant_id)
     .fetch_all(&mut *tx)
     .await?
     .iter()
     .map(|row| {
-        json!({"unit_id": row.get::<Uuid, _>("id"), "call_sign": row.get::<String, _>("call_sign"), "status": row.get::<String, _>("status"),
+        let (vitals, news2) = observations::vitals_and_score(row)?.unzip();
+        Ok(json!({"unit_id": row.get::<Uuid, _>("id"), "call_sign": row.get::<String, _>("call_sign"), "status": row.get::<String, _>("status"),
                "incident_id": row.get::<Option<Uuid>, _>("incident_id"), "destination_id": row.get::<Option<Uuid>, _>("destination_id"),
                "lat": row.get::<Option<f64>, _>("lat"), "lon": row.get::<Option<f64>, _>("lon"), "speed": row.get::<Option<f64>, _>("speed"),
-               "heading": row.get::<Option<f64>, _>("heading"), "fix_time": row.get::<Option<DateTime<Utc>>, _>("fix_time")})
+               "heading": row.get::<Option<f64>, _>("heading"), "fix_time": row.get::<Option<DateTime<Utc>>, _>("fix_time"),
+               "vitals": vitals, "news2": news2}))
     })
-    .collect::<Vec<_>>();
+    .collect::<Result<Vec<_>, sqlx::Error>>()?;
     let facilities = sqlx::query(
         "SELECT f.id, f.name, f.latitude, f.longitude,
                 count(b.id) FILTER (WHERE b.status = 'free' AND w.kind = 'emergency') AS free_emergency_beds

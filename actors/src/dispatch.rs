@@ -6,6 +6,18 @@
 //! the incident goes to the next unit. Every step is an event on the tenant's map topic (the
 //! incident's timeline), committed with its audit entry. Handlers are atomic: a unit's reports
 //! arriving in a burst are applied one after another, never against a stale copy.
+//!
+//! A dispatcher may instead ask for a proposal ([`DispatchMode::Propose`]): the incident is
+//! `proposed` with the best unit named (and the next two as alternatives) but nothing is sent
+//! until the dispatcher confirms ([`ConfirmDispatch`]), that unit or another one they pick.
+//!
+//! The destination holds an emergency bed for the incoming patient: dispatch asks the facility's
+//! actor to reserve one ([`ReserveEmergencyBed`]); when that bed went meanwhile (the read model
+//! said free, the actor knows better), the next-nearest facility is asked, a few times, and failing
+//! all the unit goes without a destination. The held bed is in the incident (`reserved_bed_id`) and
+//! in its `incident.dispatched` step; it stays through a reassignment to another unit, and is
+//! released ([`ReleaseReservation`]) when the incident is cancelled, closed without the patient
+//! having been admitted into it, or left without a unit; each such step says what became of it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -24,10 +36,11 @@ use crate::audit::AuditRecord;
 use crate::devices::UnitCommands;
 use crate::domain::{Caller, GeoPoint, TenantSlug};
 use crate::error::ActorError;
+use crate::facility::{BedReserved, ReleaseReservation, ReserveEmergencyBed};
 use crate::metrics::ActorMetrics;
 use crate::schedule::distance_km;
 use crate::store::{self, EventDraft};
-use crate::tenant::{AmbulanceAddr, TenantSupervisor};
+use crate::tenant::{AmbulanceAddr, FacilityAddr, TenantSupervisor};
 use crate::topics;
 
 pub const ACTOR: &str = "dispatch";
@@ -75,6 +88,10 @@ pub struct Incident {
     pub patient_id: Option<Uuid>,
     pub unit_id: Option<Uuid>,
     pub destination_id: Option<Uuid>,
+    /// The emergency bed held for the patient at the destination, while it is held.
+    pub reserved_bed_id: Option<Uuid>,
+    /// The unit proposed to the dispatcher, while the incident waits for their confirmation.
+    pub proposed_unit_id: Option<Uuid>,
     pub tried_units: Vec<Uuid>,
     pub dispatched_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
@@ -84,6 +101,11 @@ pub struct Incident {
 impl Incident {
     fn is_open(&self) -> bool {
         !matches!(self.status.as_str(), "closed" | "cancelled")
+    }
+
+    /// The facility and bed held for this incident's patient, if any.
+    fn held_bed(&self) -> Option<(Uuid, Uuid)> {
+        self.destination_id.zip(self.reserved_bed_id)
     }
 }
 
@@ -98,6 +120,8 @@ fn incident_row(row: &sqlx::postgres::PgRow) -> Result<Incident, sqlx::Error> {
         patient_id: row.get("patient_id"),
         unit_id: row.get("unit_id"),
         destination_id: row.get("destination_id"),
+        reserved_bed_id: row.get("reserved_bed_id"),
+        proposed_unit_id: row.get("proposed_unit_id"),
         tried_units: row.get("tried_units"),
         dispatched_at: row.get("dispatched_at"),
         created_at: row.get("created_at"),
@@ -106,7 +130,7 @@ fn incident_row(row: &sqlx::postgres::PgRow) -> Result<Incident, sqlx::Error> {
 }
 
 const INCIDENT_COLUMNS: &str =
-    "id, status, priority, latitude, longitude, description, patient_id, unit_id, destination_id, tried_units, dispatched_at, created_at, updated_at";
+    "id, status, priority, latitude, longitude, description, patient_id, unit_id, destination_id, reserved_bed_id, proposed_unit_id, tried_units, dispatched_at, created_at, updated_at";
 
 pub async fn list_incidents(pool: &PgPool, tenant_id: Uuid, open_only: bool) -> Result<Vec<Incident>, sqlx::Error> {
     let rows = sqlx::query(&format!(
@@ -133,20 +157,139 @@ pub async fn timeline(pool: &PgPool, tenant_id: Uuid, incident_id: Uuid) -> Resu
         .collect())
 }
 
-/// The nearest facility with a free emergency bed, and where it is.
-async fn nearest_destination(pool: &PgPool, tenant_id: Uuid, from: GeoPoint) -> Result<Option<(Uuid, String, GeoPoint)>, sqlx::Error> {
+/// The facilities with a free emergency bed (as the read model says), nearest first.
+async fn nearest_destinations(pool: &PgPool, tenant_id: Uuid, from: GeoPoint) -> Result<Vec<Uuid>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT f.id, f.name, f.latitude, f.longitude FROM facilities f
+        "SELECT f.id, f.latitude, f.longitude FROM facilities f
          WHERE f.tenant_id = $1 AND EXISTS (SELECT 1 FROM beds b JOIN wards w ON w.id = b.ward_id
                                              WHERE b.facility_id = f.id AND w.kind = 'emergency' AND b.status = 'free')",
     )
     .bind(tenant_id)
     .fetch_all(pool)
     .await?;
-    Ok(rows
+    let mut found: Vec<(f64, Uuid)> = rows
         .iter()
-        .filter_map(|row| Some((row.get::<Uuid, _>("id"), row.get::<String, _>("name"), GeoPoint::new(row.get("latitude"), row.get("longitude")).ok()?)))
-        .min_by(|a, b| distance_km(from, a.2).total_cmp(&distance_km(from, b.2))))
+        .filter_map(|row| Some((distance_km(from, GeoPoint::new(row.get("latitude"), row.get("longitude")).ok()?), row.get::<Uuid, _>("id"))))
+        .collect();
+    found.sort_by(|a, b| a.0.total_cmp(&b.0));
+    Ok(found.into_iter().map(|(_, id)| id).collect())
+}
+
+/// How many facilities dispatch asks for an emergency bed before it sends the unit without a
+/// destination.
+const RESERVATION_ATTEMPTS: usize = 3;
+
+/// Where a unit takes the patient: a facility and the emergency bed held there for them.
+#[derive(Debug, Clone)]
+struct Destination {
+    id: Uuid,
+    name: String,
+    location: GeoPoint,
+    bed_id: Uuid,
+    bed_label: String,
+}
+
+impl Destination {
+    fn from_reservation(held: BedReserved) -> Destination {
+        Destination { id: held.facility_id, name: held.facility_name, location: held.location, bed_id: held.bed.id, bed_label: held.bed.label }
+    }
+
+    /// The held bed as the incident's timeline and audit trail record it.
+    fn reserved_bed(&self) -> Value {
+        json!({"id": self.bed_id, "label": self.bed_label, "facility_id": self.id})
+    }
+}
+
+/// Holds an emergency bed for the incident's patient at the nearest facility that still has one:
+/// a facility whose last bed went since the read model was read refuses, and the next is asked
+/// (at most [`RESERVATION_ATTEMPTS`] of them). `None`: no bed could be held.
+async fn reserve_destination(pool: &PgPool, tenant_id: Uuid, supervisor: &Addr<TenantSupervisor>, incident: &Incident) -> Result<Option<Destination>, ActorError> {
+    let nearest = nearest_destinations(pool, tenant_id, incident.location).await?;
+    for facility_id in nearest.into_iter().take(RESERVATION_ATTEMPTS) {
+        let reserved = async {
+            let facility = supervisor.send(FacilityAddr(facility_id)).await??;
+            let held = facility.send(ReserveEmergencyBed { caller: None, incident_id: incident.id, patient_id: incident.patient_id }).await??;
+            Ok::<BedReserved, ActorError>(held)
+        }
+        .await;
+        match reserved {
+            Ok(held) => return Ok(Some(Destination::from_reservation(held))),
+            Err(ActorError::Conflict(why)) => info!(incident_id = %incident.id, %facility_id, %why, "no emergency bed to hold there after all; asking the next facility"),
+            Err(error) => warn!(incident_id = %incident.id, %facility_id, %error, "cannot hold an emergency bed there; asking the next facility"),
+        }
+    }
+    Ok(None)
+}
+
+/// The destination whose bed the incident already holds (a reassignment keeps it).
+async fn held_destination(pool: &PgPool, tenant_id: Uuid, incident: &Incident) -> Result<Option<Destination>, sqlx::Error> {
+    let Some((facility_id, bed_id)) = incident.held_bed() else {
+        return Ok(None);
+    };
+    let row = sqlx::query(
+        "SELECT f.name, f.latitude, f.longitude, b.label FROM facilities f JOIN beds b ON b.facility_id = f.id
+         WHERE f.tenant_id = $1 AND f.id = $2 AND b.id = $3",
+    )
+    .bind(tenant_id)
+    .bind(facility_id)
+    .bind(bed_id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.and_then(|row| {
+        Some(Destination {
+            id: facility_id,
+            name: row.get("name"),
+            location: GeoPoint::new(row.get("latitude"), row.get("longitude")).ok()?,
+            bed_id,
+            bed_label: row.get("label"),
+        })
+    }))
+}
+
+/// What became of a held bed when dispatch let go of it.
+#[derive(Debug, Clone)]
+struct Release {
+    facility_id: Uuid,
+    bed_id: Uuid,
+    /// `Ok(true)`: freed; `Ok(false)`: no longer held (the patient was admitted into it, or staff
+    /// ended the hold); `Err`: the facility could not be asked, so the bed may still be held.
+    outcome: Result<bool, String>,
+}
+
+impl Release {
+    /// Records the release in the incident: it no longer holds the bed (unless the release failed,
+    /// so that a later cancel or closure tries again).
+    fn apply_to(&self, incident: &mut Incident) {
+        if self.outcome.is_ok() {
+            incident.reserved_bed_id = None;
+        } else {
+            incident.destination_id = Some(self.facility_id);
+            incident.reserved_bed_id = Some(self.bed_id);
+        }
+    }
+
+    fn detail(&self) -> Value {
+        let outcome = match &self.outcome {
+            Ok(true) => "released",
+            Ok(false) => "no_longer_held",
+            Err(_) => "release_failed",
+        };
+        json!({"id": self.bed_id, "facility_id": self.facility_id, "outcome": outcome, "error": self.outcome.as_ref().err()})
+    }
+}
+
+/// Releases the bed held at `facility_id` for the incident (a no-op when it is no longer held).
+async fn release_bed(supervisor: &Addr<TenantSupervisor>, (facility_id, bed_id): (Uuid, Uuid), incident_id: Uuid, caller: Option<Caller>, reason: &str) -> Release {
+    let released = async {
+        let facility = supervisor.send(FacilityAddr(facility_id)).await??;
+        let released = facility.send(ReleaseReservation { caller, incident_id, reason: reason.to_owned() }).await??;
+        Ok::<bool, ActorError>(released.is_some())
+    }
+    .await;
+    if let Err(error) = &released {
+        warn!(%incident_id, %facility_id, %bed_id, %error, "the bed held for the incident could not be released; it stays held until staff or a later step free it");
+    }
+    Release { facility_id, bed_id, outcome: released.map_err(|e| e.to_string()) }
 }
 
 /// One step of an incident, committed: the row, the event on the map topic, the audit entry.
@@ -154,10 +297,11 @@ async fn commit_step(pool: &PgPool, tenant_id: Uuid, tenant: &TenantSlug, incide
     let mut tx = pool.begin().await?;
     sqlx::query(
         "INSERT INTO incidents (id, tenant_id, status, priority, latitude, longitude, description, patient_id, unit_id, destination_id,
-                                tried_units, dispatched_at, created_by, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+                                tried_units, dispatched_at, created_by, created_at, updated_at, reserved_bed_id, proposed_unit_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
          ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, unit_id = EXCLUDED.unit_id, destination_id = EXCLUDED.destination_id,
-                                        tried_units = EXCLUDED.tried_units, dispatched_at = EXCLUDED.dispatched_at, updated_at = EXCLUDED.updated_at",
+                                        tried_units = EXCLUDED.tried_units, dispatched_at = EXCLUDED.dispatched_at, updated_at = EXCLUDED.updated_at,
+                                        reserved_bed_id = EXCLUDED.reserved_bed_id, proposed_unit_id = EXCLUDED.proposed_unit_id",
     )
     .bind(incident.id)
     .bind(tenant_id)
@@ -174,6 +318,8 @@ async fn commit_step(pool: &PgPool, tenant_id: Uuid, tenant: &TenantSlug, incide
     .bind(&audit.actor_id)
     .bind(incident.created_at)
     .bind(incident.updated_at)
+    .bind(incident.reserved_bed_id)
+    .bind(incident.proposed_unit_id)
     .execute(&mut *tx)
     .await?;
     let draft = EventDraft {
@@ -185,6 +331,58 @@ async fn commit_step(pool: &PgPool, tenant_id: Uuid, tenant: &TenantSlug, incide
     };
     store::commit_command(tx, tenant_id, &draft, &audit.patient(incident.patient_id), None, metrics, ACTOR).await?;
     Ok(())
+}
+
+/// An available unit that could go, with its estimated time of arrival.
+struct Candidate {
+    eta_minutes: f64,
+    km: f64,
+    unit_id: Uuid,
+    call_sign: String,
+    actor: Addr<AmbulanceActor>,
+}
+
+/// The available units with a known position not yet tried for the incident, shortest ETA first;
+/// `prefer` (when among them) goes first whatever its ETA.
+async fn rank_units(pool: &PgPool, tenant_id: Uuid, supervisor: &Addr<TenantSupervisor>, incident: &Incident, speed_kmh: f64, prefer: Option<Uuid>) -> Result<Vec<Candidate>, ActorError> {
+    let units: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM ambulances WHERE tenant_id = $1 AND status = 'available'")
+        .bind(tenant_id)
+        .fetch_all(pool)
+        .await?;
+    let mut candidates = Vec::new();
+    for unit_id in units.into_iter().filter(|id| !incident.tried_units.contains(id)) {
+        let actor: Addr<AmbulanceActor> = supervisor.send(AmbulanceAddr(unit_id)).await??;
+        let unit = actor.send(GetUnit).await??;
+        if let (UnitStatus::Available, Some(fix)) = (unit.status, unit.position) {
+            let km = distance_km(fix.position, incident.location);
+            candidates.push(Candidate { eta_minutes: km / speed_kmh.max(1.0) * 60.0, km, unit_id, call_sign: unit.call_sign.clone(), actor });
+        }
+    }
+    candidates.sort_by(|a, b| a.eta_minutes.total_cmp(&b.eta_minutes));
+    if let Some(at) = prefer.and_then(|wanted| candidates.iter().position(|c| c.unit_id == wanted)) {
+        let preferred = candidates.remove(at);
+        candidates.insert(0, preferred);
+    }
+    Ok(candidates)
+}
+
+/// How an incident gets its unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DispatchMode {
+    /// The best unit is dispatched at once.
+    #[default]
+    Auto,
+    /// The best unit is proposed; the dispatcher confirms it or picks another.
+    Propose,
+}
+
+/// What [`DispatchActor::dispatch_next`] found.
+enum Choice {
+    /// This unit took the incident, to this destination (none when no bed could be held).
+    Unit { unit_id: Uuid, eta_minutes: f64, km: f64, destination: Option<Destination> },
+    /// No unit took it; the bed it held (if any) was let go of.
+    NoUnit { released: Option<Release> },
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -288,73 +486,88 @@ impl DispatchActor {
         )
     }
 
-    /// Finds the available unit with the shortest ETA (not yet tried for this incident), marks it
+    /// Finds the available unit with the shortest ETA (not yet tried for this incident), holds an
+    /// emergency bed at the destination (or keeps the one already held), marks the unit
     /// dispatched, commits the assignment, tells the unit, and arms the acknowledgement timer.
-    fn dispatch_next(&mut self, incident_id: Uuid, caller: Option<Caller>) -> ResponseActFuture<Self, Result<Incident, ActorError>> {
+    /// With no unit to send, the incident is unassigned and lets go of any bed it held.
+    fn dispatch_next(&mut self, incident_id: Uuid, caller: Option<Caller>, prefer: Option<Uuid>) -> ResponseActFuture<Self, Result<Incident, ActorError>> {
         let Some((incident, _)) = self.incidents.get(&incident_id).cloned() else {
             return Box::pin(fut::ready(Err(ActorError::NotFound("incident"))));
         };
-        let (pool, tenant_id, tenant, supervisor, speed) = (self.pool.clone(), self.tenant_id, self.tenant.clone(), self.supervisor.clone(), self.config.speed_kmh);
+        let (pool, tenant_id, supervisor, speed) = (self.pool.clone(), self.tenant_id, self.supervisor.clone(), self.config.speed_kmh);
         let choose = async move {
-            let units: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM ambulances WHERE tenant_id = $1 AND status = 'available'")
-                .bind(tenant_id)
-                .fetch_all(&pool)
-                .await?;
-            let mut candidates = Vec::new();
-            for unit_id in units.into_iter().filter(|id| !incident.tried_units.contains(id)) {
-                let actor: Addr<AmbulanceActor> = supervisor.send(AmbulanceAddr(unit_id)).await??;
-                let unit = actor.send(GetUnit).await??;
-                if let (UnitStatus::Available, Some(fix)) = (unit.status, unit.position) {
-                    let km = distance_km(fix.position, incident.location);
-                    candidates.push((km / speed.max(1.0) * 60.0, km, unit_id, actor));
-                }
+            let candidates = rank_units(&pool, tenant_id, &supervisor, &incident, speed, prefer).await?;
+            if candidates.is_empty() {
+                let released = match incident.held_bed() {
+                    Some(held) => Some(release_bed(&supervisor, held, incident.id, None, "no unit to bring the patient").await),
+                    None => None,
+                };
+                return Ok::<_, ActorError>(Choice::NoUnit { released });
             }
-            candidates.sort_by(|a, b| a.0.total_cmp(&b.0));
-            let destination = nearest_destination(&pool, tenant_id, incident.location).await?;
-            for (eta_minutes, km, unit_id, actor) in candidates {
+            let destination = match held_destination(&pool, tenant_id, &incident).await? {
+                Some(held) => Some(held),
+                None => reserve_destination(&pool, tenant_id, &supervisor, &incident).await?,
+            };
+            for Candidate { eta_minutes, km, unit_id, actor, .. } in candidates {
                 let dispatched = actor
                     .send(SetStatus {
                         caller: caller.clone(),
                         status: UnitStatus::Dispatched,
                         incident_id: Some(incident.id),
-                        destination: destination.as_ref().map(|(id, _, at)| (*id, *at)),
+                        destination: destination.as_ref().map(|d| (d.id, d.location)),
                         reason: format!("dispatched to incident {} ({:.1} km, ETA {:.0} min)", incident.id, km, eta_minutes),
                     })
-                    .await?;
-                if dispatched.is_ok() {
-                    return Ok::<_, ActorError>(Some((unit_id, eta_minutes, km, destination.clone())));
+                    .await;
+                match dispatched {
+                    Ok(Ok(_)) => return Ok(Choice::Unit { unit_id, eta_minutes, km, destination }),
+                    // A unit that cannot take it (it changed meanwhile, or its actor is down):
+                    // the next one is asked.
+                    Ok(Err(error)) => info!(%unit_id, %error, "unit not dispatched; trying the next"),
+                    Err(error) => warn!(%unit_id, %error, "unit unreachable; trying the next"),
                 }
             }
-            Ok(None)
+            let released = match &destination {
+                Some(d) => Some(release_bed(&supervisor, (d.id, d.bed_id), incident.id, None, "no unit to bring the patient").await),
+                None => None,
+            };
+            Ok(Choice::NoUnit { released })
         };
-        let _ = tenant;
         Box::pin(choose.into_actor(self).then(move |chosen, actor, ctx| {
             let Some((mut incident, _)) = actor.incidents.get(&incident_id).cloned() else {
                 return Box::pin(fut::ready(Err(ActorError::NotFound("incident")))) as ResponseActFuture<Self, _>;
             };
             match chosen {
                 Err(e) => Box::pin(fut::ready(Err(e))),
-                Ok(None) => {
+                Ok(Choice::NoUnit { released }) => {
                     incident.status = "unassigned".to_owned();
                     incident.unit_id = None;
+                    incident.proposed_unit_id = None;
+                    let mut detail = json!({"reason": "no available unit with a known position"});
+                    if let Some(release) = &released {
+                        release.apply_to(&mut incident);
+                        detail["reserved_bed"] = release.detail();
+                    }
                     let record = actor.system_record("incident.unassigned", incident.id);
-                    actor.step(incident, "incident.unassigned", json!({"reason": "no available unit with a known position"}), record)
+                    actor.step(incident, "incident.unassigned", detail, record)
                 }
-                Ok(Some((unit_id, eta_minutes, km, destination))) => {
+                Ok(Choice::Unit { unit_id, eta_minutes, km, destination }) => {
                     incident.status = "dispatched".to_owned();
                     incident.unit_id = Some(unit_id);
+                    incident.proposed_unit_id = None;
                     incident.tried_units.push(unit_id);
                     incident.dispatched_at = Some(Utc::now().trunc_subsecs(6));
-                    incident.destination_id = destination.as_ref().map(|d| d.0);
+                    incident.destination_id = destination.as_ref().map(|d| d.id);
+                    incident.reserved_bed_id = destination.as_ref().map(|d| d.bed_id);
                     let command = json!({
                         "type": "dispatch", "incident_id": incident.id, "priority": incident.priority,
                         "lat": incident.location.lat(), "lon": incident.location.lon(), "description": incident.description,
-                        "destination": destination.as_ref().map(|(id, name, at)| json!({"id": id, "name": name, "lat": at.lat(), "lon": at.lon()})),
+                        "destination": destination.as_ref().map(|d| json!({"id": d.id, "name": d.name, "lat": d.location.lat(), "lon": d.location.lon(), "bed": d.bed_label})),
                     });
                     actor.send_command(unit_id, command);
                     actor.arm_ack_timer(incident.id, Some(unit_id), actor.config.ack_timeout, ctx);
                     let detail = json!({"unit_id": unit_id, "eta_minutes": (eta_minutes * 10.0).round() / 10.0, "distance_km": (km * 100.0).round() / 100.0,
-                                        "destination": destination.map(|(id, name, _)| json!({"id": id, "name": name}))});
+                                        "destination": destination.as_ref().map(|d| json!({"id": d.id, "name": d.name})),
+                                        "reserved_bed": destination.as_ref().map(Destination::reserved_bed)});
                     let record = actor.system_record("incident.dispatch", incident.id).detail(detail.clone());
                     actor.step(incident, "incident.dispatched", detail, record)
                 }
@@ -380,7 +593,7 @@ impl DispatchActor {
     }
 }
 
-/// Opens an incident and (unless `propose_only`) dispatches the best unit at once.
+/// Opens an incident and dispatches the best unit at once, or proposes it ([`DispatchMode`]).
 #[derive(Message)]
 #[rtype(result = "Result<Incident, ActorError>")]
 pub struct CreateIncident {
@@ -389,6 +602,7 @@ pub struct CreateIncident {
     pub priority: Priority,
     pub description: String,
     pub patient_id: Option<Uuid>,
+    pub mode: DispatchMode,
 }
 
 impl Handler<CreateIncident> for DispatchActor {
@@ -415,6 +629,8 @@ impl DispatchActor {
             patient_id: msg.patient_id,
             unit_id: None,
             destination_id: None,
+            reserved_bed_id: None,
+            proposed_unit_id: None,
             tried_units: Vec::new(),
             dispatched_at: None,
             created_at: at,
@@ -423,12 +639,88 @@ impl DispatchActor {
         let id = incident.id;
         let record = AuditRecord::by_caller(&msg.caller, "incident.create", "incident", id)
             .detail(json!({"priority": msg.priority, "lat": msg.location.lat(), "lon": msg.location.lon()}));
-        let caller = msg.caller.clone();
-        Box::pin(self.step(incident, "incident.created", json!({"description": msg.description}), record).then(move |created, actor, _ctx| {
-            match created {
-                Ok(_) => actor.dispatch_next(id, Some(caller)),
-                Err(e) => Box::pin(fut::ready(Err(e))),
+        let (caller, mode) = (msg.caller.clone(), msg.mode);
+        Box::pin(self.step(incident, "incident.created", json!({"description": msg.description, "dispatch": mode}), record).then(move |created, actor, _ctx| {
+            match (created, mode) {
+                (Ok(_), DispatchMode::Auto) => actor.dispatch_next(id, Some(caller), None),
+                (Ok(_), DispatchMode::Propose) => actor.propose(id, caller),
+                (Err(e), _) => Box::pin(fut::ready(Err(e))),
             }
+        }))
+    }
+
+    /// Names the best unit (and the next two) without sending anything: the incident waits for
+    /// the dispatcher's [`ConfirmDispatch`].
+    fn propose(&mut self, incident_id: Uuid, caller: Caller) -> ResponseActFuture<Self, Result<Incident, ActorError>> {
+        let Some((incident, _)) = self.incidents.get(&incident_id).cloned() else {
+            return Box::pin(fut::ready(Err(ActorError::NotFound("incident"))));
+        };
+        let (pool, tenant_id, supervisor, speed) = (self.pool.clone(), self.tenant_id, self.supervisor.clone(), self.config.speed_kmh);
+        let rank = async move { rank_units(&pool, tenant_id, &supervisor, &incident, speed, None).await };
+        Box::pin(rank.into_actor(self).then(move |ranked, actor, _ctx| {
+            let Some((mut incident, _)) = actor.incidents.get(&incident_id).cloned() else {
+                return Box::pin(fut::ready(Err(ActorError::NotFound("incident")))) as ResponseActFuture<Self, _>;
+            };
+            let candidates = match ranked {
+                Ok(candidates) => candidates,
+                Err(e) => return Box::pin(fut::ready(Err(e))),
+            };
+            let option = |c: &Candidate| json!({"unit_id": c.unit_id, "call_sign": c.call_sign, "eta_minutes": (c.eta_minutes * 10.0).round() / 10.0, "distance_km": (c.km * 100.0).round() / 100.0});
+            let Some(best) = candidates.first() else {
+                incident.status = "unassigned".to_owned();
+                let detail = json!({"reason": "no available unit with a known position"});
+                let record = AuditRecord::by_caller(&caller, "incident.unassigned", "incident", incident.id).detail(detail.clone());
+                return actor.step(incident, "incident.unassigned", detail, record);
+            };
+            incident.status = "proposed".to_owned();
+            incident.proposed_unit_id = Some(best.unit_id);
+            let mut detail = option(best);
+            detail["alternatives"] = candidates.iter().skip(1).take(2).map(option).collect();
+            let record = AuditRecord::by_caller(&caller, "incident.propose", "incident", incident.id).detail(detail.clone());
+            actor.step(incident, "incident.proposed", detail, record)
+        }))
+    }
+}
+
+/// The dispatcher sends a unit to a proposed (or unassigned) incident: the one they name, or the
+/// proposed one, or (when that one is no longer free) the best available now.
+#[derive(Message)]
+#[rtype(result = "Result<Incident, ActorError>")]
+pub struct ConfirmDispatch {
+    pub caller: Caller,
+    pub incident_id: Uuid,
+    pub unit_id: Option<Uuid>,
+}
+
+impl Handler<ConfirmDispatch> for DispatchActor {
+    type Result = AtomicResponse<Self, Result<Incident, ActorError>>;
+
+    /// Atomic: the next message waits until this one's commits are done (single writer).
+    fn handle(&mut self, msg: ConfirmDispatch, _ctx: &mut Context<Self>) -> Self::Result {
+        AtomicResponse::new(self.confirm_dispatch(msg))
+    }
+}
+
+impl DispatchActor {
+    fn confirm_dispatch(&mut self, msg: ConfirmDispatch) -> ResponseActFuture<Self, Result<Incident, ActorError>> {
+        let Some((incident, _)) = self.incidents.get(&msg.incident_id) else {
+            return Box::pin(fut::ready(Err(ActorError::NotFound("open incident"))));
+        };
+        if !matches!(incident.status.as_str(), "proposed" | "unassigned") {
+            let detail = format!("the incident is {}; only a proposed or unassigned incident waits for a dispatcher", incident.status);
+            return Box::pin(fut::ready(Err(ActorError::Conflict(detail))));
+        }
+        let Some(chosen) = msg.unit_id else {
+            let prefer = incident.proposed_unit_id;
+            return self.dispatch_next(msg.incident_id, Some(msg.caller), prefer);
+        };
+        // A unit the dispatcher named must be free to go: otherwise they are told, not overruled.
+        let (pool, tenant_id, supervisor, speed, incident) = (self.pool.clone(), self.tenant_id, self.supervisor.clone(), self.config.speed_kmh, incident.clone());
+        let check = async move { rank_units(&pool, tenant_id, &supervisor, &incident, speed, Some(chosen)).await };
+        Box::pin(check.into_actor(self).then(move |ranked, actor, _ctx| match ranked {
+            Ok(candidates) if candidates.first().is_some_and(|c| c.unit_id == chosen) => actor.dispatch_next(msg.incident_id, Some(msg.caller), Some(chosen)),
+            Ok(_) => Box::pin(fut::ready(Err(ActorError::Conflict("that unit is not available (or has no position yet); pick another".to_owned())))),
+            Err(e) => Box::pin(fut::ready(Err(e))),
         }))
     }
 }
@@ -453,7 +745,7 @@ impl Handler<UnitProgress> for DispatchActor {
 
 impl DispatchActor {
     fn follow_unit(&mut self, msg: UnitProgress, _ctx: &mut Context<Self>) -> ResponseActFuture<Self, ()> {
-        let Some((mut incident, _)) = self.incidents.values().find(|(i, _)| i.unit_id == Some(msg.unit_id)).cloned() else {
+        let Some((incident, _)) = self.incidents.values().find(|(i, _)| i.unit_id == Some(msg.unit_id)).cloned() else {
             return Box::pin(fut::ready(()));
         };
         let (status, event) = match msg.status {
@@ -467,12 +759,31 @@ impl DispatchActor {
         if incident.status == status {
             return Box::pin(fut::ready(()));
         }
-        incident.status = status.to_owned();
-        let record = self.system_record(event, incident.id).detail(json!({"unit_id": msg.unit_id}));
-        Box::pin(self.step(incident, event, json!({"unit_id": msg.unit_id}), record).map(|done, actor, _ctx| {
-            if let Err(e) = done {
-                warn!(tenant = %actor.tenant, error = %e, "incident progress not recorded");
+        // The mission is over: a bed still held for the patient (they were not admitted into it)
+        // is free again, and the closing step says so.
+        let (supervisor, incident_id, held) = (self.supervisor.clone(), incident.id, incident.held_bed().filter(|_| status == "closed"));
+        let release = async move {
+            match held {
+                Some(held) => Some(release_bed(&supervisor, held, incident_id, None, "incident closed").await),
+                None => None,
             }
+        };
+        Box::pin(release.into_actor(self).then(move |released, actor, _ctx| {
+            let Some((mut incident, _)) = actor.incidents.get(&incident_id).cloned() else {
+                return Box::pin(fut::ready(())) as ResponseActFuture<Self, ()>;
+            };
+            incident.status = status.to_owned();
+            let mut detail = json!({"unit_id": msg.unit_id});
+            if let Some(release) = &released {
+                release.apply_to(&mut incident);
+                detail["reserved_bed"] = release.detail();
+            }
+            let record = actor.system_record(event, incident.id).detail(detail.clone());
+            Box::pin(actor.step(incident, event, detail, record).map(|done, actor, _ctx| {
+                if let Err(e) = done {
+                    warn!(tenant = %actor.tenant, error = %e, "incident progress not recorded");
+                }
+            }))
         }))
     }
 }
@@ -521,7 +832,7 @@ impl DispatchActor {
             incident.unit_id = None;
             let record = actor.system_record("incident.reassign", incident.id).detail(json!({"silent_unit": msg.unit_id}));
             Box::pin(actor.step(incident, "incident.reassigning", json!({"silent_unit": msg.unit_id}), record).then(move |_, actor, _ctx| {
-                actor.dispatch_next(incident_id, None).map(|result, actor: &mut Self, _ctx| {
+                actor.dispatch_next(incident_id, None, None).map(|result, actor: &mut Self, _ctx| {
                     if let Err(e) = result {
                         warn!(tenant = %actor.tenant, error = %e, "reassignment failed");
                     }
@@ -551,27 +862,45 @@ impl Handler<CancelIncident> for DispatchActor {
 
 impl DispatchActor {
     fn cancel_incident(&mut self, msg: CancelIncident, _ctx: &mut Context<Self>) -> ResponseActFuture<Self, Result<Incident, ActorError>> {
-        let Some((mut incident, _)) = self.incidents.get(&msg.incident_id).cloned() else {
+        let Some((incident, _)) = self.incidents.get(&msg.incident_id).cloned() else {
             return Box::pin(fut::ready(Err(ActorError::NotFound("open incident"))));
         };
-        let unit = incident.unit_id;
-        if let Some(unit_id) = unit {
-            self.send_command(unit_id, json!({"type": "stand_down", "incident_id": incident.id}));
-        }
-        incident.status = "cancelled".to_owned();
-        let record = AuditRecord::by_caller(&msg.caller, "incident.cancel", "incident", incident.id).detail(json!({"reason": msg.reason}));
-        let (supervisor, caller) = (self.supervisor.clone(), msg.caller.clone());
-        Box::pin(self.step(incident, "incident.cancelled", json!({"reason": msg.reason}), record).then(move |cancelled, actor, _ctx| {
-            let release = async move {
-                if let (Ok(_), Some(unit_id)) = (&cancelled, unit) {
-                    let unit: Addr<AmbulanceActor> = supervisor.send(AmbulanceAddr(unit_id)).await??;
-                    let _ = unit
-                        .send(SetStatus { caller: Some(caller), status: UnitStatus::Available, incident_id: None, destination: None, reason: "incident cancelled".into() })
-                        .await?;
-                }
-                cancelled
+        // The bed held for the patient first, so that the cancelled step can say what became of it.
+        let (supervisor, caller, incident_id) = (self.supervisor.clone(), msg.caller.clone(), incident.id);
+        let release = async move {
+            match incident.held_bed() {
+                Some(held) => Some(release_bed(&supervisor, held, incident_id, Some(caller), "incident cancelled").await),
+                None => None,
+            }
+        };
+        Box::pin(release.into_actor(self).then(move |released, actor, _ctx| {
+            let Some((mut incident, _)) = actor.incidents.get(&incident_id).cloned() else {
+                return Box::pin(fut::ready(Err(ActorError::NotFound("open incident")))) as ResponseActFuture<Self, _>;
             };
-            release.into_actor(actor)
+            let unit = incident.unit_id;
+            if let Some(unit_id) = unit {
+                actor.send_command(unit_id, json!({"type": "stand_down", "incident_id": incident.id}));
+            }
+            incident.status = "cancelled".to_owned();
+            let mut detail = json!({"reason": msg.reason});
+            if let Some(release) = &released {
+                release.apply_to(&mut incident);
+                detail["reserved_bed"] = release.detail();
+            }
+            let record = AuditRecord::by_caller(&msg.caller, "incident.cancel", "incident", incident.id).detail(detail.clone());
+            let (supervisor, caller) = (actor.supervisor.clone(), msg.caller.clone());
+            Box::pin(actor.step(incident, "incident.cancelled", detail, record).then(move |cancelled, actor, _ctx| {
+                let release = async move {
+                    if let (Ok(_), Some(unit_id)) = (&cancelled, unit) {
+                        let unit: Addr<AmbulanceActor> = supervisor.send(AmbulanceAddr(unit_id)).await??;
+                        let _ = unit
+                            .send(SetStatus { caller: Some(caller), status: UnitStatus::Available, incident_id: None, destination: None, reason: "incident cancelled".into() })
+                            .await?;
+                    }
+                    cancelled
+                };
+                release.into_actor(actor)
+            }))
         }))
     }
 }

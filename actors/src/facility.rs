@@ -6,6 +6,14 @@
 //! new state. Its handlers are atomic (the next message waits until the commit is done), and a
 //! panic anywhere in a handler is caught: the caller gets [`ActorError::Crashed`], the actor stops
 //! and its supervisor restarts it, which rebuilds the state from snapshot + later events.
+//!
+//! Emergency beds can be held for an incoming ambulance patient ([`ReserveEmergencyBed`], sent by
+//! the dispatch actor when it chooses this facility as a unit's destination): the bed is then
+//! `reserved` for that incident, counted apart from free beds, until the patient is admitted into
+//! it, dispatch releases it ([`ReleaseReservation`]: the incident was cancelled or closed without
+//! that), or staff end the hold explicitly. Any change of the facility's free emergency beds is
+//! also published on the tenant's map topic (`facility.capacity`), in the same transaction, so
+//! the dispatchers' map stays current.
 
 use std::panic::AssertUnwindSafe;
 
@@ -33,6 +41,8 @@ pub const ACTOR: &str = "facility";
 pub enum BedStatus {
     Free,
     Occupied,
+    /// Held for an incoming ambulance patient (see [`ReserveEmergencyBed`]).
+    Reserved,
     Cleaning,
     OutOfService,
 }
@@ -42,13 +52,14 @@ impl BedStatus {
         match self {
             BedStatus::Free => "free",
             BedStatus::Occupied => "occupied",
+            BedStatus::Reserved => "reserved",
             BedStatus::Cleaning => "cleaning",
             BedStatus::OutOfService => "out_of_service",
         }
     }
 
     pub fn parse(value: &str) -> Option<BedStatus> {
-        [BedStatus::Free, BedStatus::Occupied, BedStatus::Cleaning, BedStatus::OutOfService]
+        [BedStatus::Free, BedStatus::Occupied, BedStatus::Reserved, BedStatus::Cleaning, BedStatus::OutOfService]
             .into_iter()
             .find(|status| status.as_str() == value)
     }
@@ -79,6 +90,13 @@ pub struct Bed {
     pub label: String,
     pub status: BedStatus,
     pub patient_id: Option<Uuid>,
+    /// While `reserved`: the incident whose incoming patient the bed is held for.
+    #[serde(default)]
+    pub reserved_for: Option<Uuid>,
+    /// While `reserved`: that incident's patient, when it names one (only they are admitted into
+    /// the bed without ending the hold explicitly).
+    #[serde(default)]
+    pub reserved_patient_id: Option<Uuid>,
     pub updated_at: DateTime<Utc>,
 }
 
@@ -105,9 +123,21 @@ pub struct Facility {
 
 impl Facility {
     fn bed(&self, bed_id: Uuid) -> Option<(&Ward, &Bed)> {
-        self.wards
-            .iter()
-            .find_map(|ward| ward.beds.iter().find(|bed| bed.id == bed_id).map(|bed| (ward, bed)))
+        self.beds().find(|(_, bed)| bed.id == bed_id)
+    }
+
+    fn beds(&self) -> impl Iterator<Item = (&Ward, &Bed)> {
+        self.wards.iter().flat_map(|ward| ward.beds.iter().map(move |bed| (ward, bed)))
+    }
+
+    /// The bed held for `incident_id`, if any.
+    pub fn reserved_for(&self, incident_id: Uuid) -> Option<(&Ward, &Bed)> {
+        self.beds().find(|(_, bed)| bed.status == BedStatus::Reserved && bed.reserved_for == Some(incident_id))
+    }
+
+    /// Free beds in emergency wards: what an incoming ambulance patient can be given.
+    pub fn free_emergency_beds(&self) -> usize {
+        self.beds().filter(|(ward, bed)| ward.kind == WardKind::Emergency && bed.status == BedStatus::Free).count()
     }
 }
 
@@ -149,6 +179,8 @@ impl NewWard {
                     label: label.clone(),
                     status: BedStatus::Free,
                     patient_id: None,
+                    reserved_for: None,
+                    reserved_patient_id: None,
                     updated_at: at,
                 })
                 .collect(),
@@ -218,6 +250,16 @@ pub struct BedStatusChanged {
     pub from: BedStatus,
     pub to: BedStatus,
     pub patient_id: Option<Uuid>,
+    /// For `reserved`: the incident the bed is now held for.
+    #[serde(default)]
+    pub reserved_for: Option<Uuid>,
+    /// For `reserved`: that incident's patient, when known.
+    #[serde(default)]
+    pub reserved_patient_id: Option<Uuid>,
+    /// The hold this change ended (the bed was reserved for that incident), if any.
+    #[serde(default)]
+    pub ended_reservation: Option<Uuid>,
+    /// The user who changed it; nil when the hub did (dispatch holding or releasing a bed).
     pub changed_by: Uuid,
     pub at: DateTime<Utc>,
 }
@@ -225,18 +267,34 @@ pub struct BedStatusChanged {
 pub const FACILITY_CREATED: &str = "facility.created";
 pub const WARD_ADDED: &str = "ward.added";
 pub const BED_STATUS_CHANGED: &str = "bed.status_changed";
+/// On the tenant's map topic: a facility's free emergency beds changed (`{facility_id, name, lat,
+/// lon, free_emergency_beds}`).
+pub const FACILITY_CAPACITY: &str = "facility.capacity";
 
-/// Decides what a request to set a bed's status means for the facility as it is now:
+/// Decides what a staff request to set a bed's status means for the facility as it is now:
 /// `Ok(None)` when nothing changes, the event to commit, or why it is refused.
+///
+/// A bed held for an incoming ambulance patient (`reserved`) is not given away silently: staff
+/// may admit the incoming patient into it (any patient when the incident names none), which ends
+/// the hold; anything else (another patient, free, cleaning, out of service) is refused unless the
+/// request says `release_reservation`, and the event and audit entry then name the hold it ended.
+/// Beds are reserved only by dispatch ([`decide_reservation`]), never by hand.
 pub fn decide_bed_change(
     facility: &Facility,
     bed_id: Uuid,
     to: BedStatus,
     patient_id: Option<Uuid>,
+    release_reservation: bool,
     changed_by: Uuid,
     at: DateTime<Utc>,
 ) -> Result<Option<BedStatusChanged>, ActorError> {
     let (ward, bed) = facility.bed(bed_id).ok_or(ActorError::NotFound("bed"))?;
+    if to == BedStatus::Reserved {
+        return Err(invalid(
+            "status",
+            "beds are reserved by dispatch for an incoming ambulance patient, not by hand; choose free, occupied, cleaning or out_of_service",
+        ));
+    }
     match (to, patient_id) {
         (BedStatus::Occupied, None) => {
             return Err(invalid("patient_id", "a patient_id is required to mark a bed occupied"))
@@ -267,6 +325,19 @@ pub fn decide_bed_change(
             bed.label
         )));
     }
+    let ended_reservation = if bed.status == BedStatus::Reserved { bed.reserved_for } else { None };
+    if let (Some(incident), false) = (ended_reservation, release_reservation) {
+        let admits_the_incoming_patient =
+            to == BedStatus::Occupied && bed.reserved_patient_id.is_none_or(|expected| Some(expected) == patient_id);
+        if !admits_the_incoming_patient {
+            let what = if to == BedStatus::Occupied { "admitting another patient into it" } else { "changing it" };
+            return Err(ActorError::Conflict(format!(
+                "bed {} is held for the incoming patient of incident {incident}; {what} ends that hold: repeat with \
+                 release_reservation: true to do so deliberately, or choose another bed",
+                bed.label
+            )));
+        }
+    }
     Ok(Some(BedStatusChanged {
         facility_id: facility.id,
         ward_id: ward.id,
@@ -275,9 +346,66 @@ pub fn decide_bed_change(
         from: bed.status,
         to,
         patient_id,
+        reserved_for: None,
+        reserved_patient_id: None,
+        ended_reservation,
         changed_by,
         at,
     }))
+}
+
+/// Decides which bed to hold for an incident's incoming patient: `Ok(None)` when a bed here is
+/// already held for it (nothing to commit), else the first free bed of an emergency ward (wards
+/// and beds in board order), or a conflict when none is free.
+pub fn decide_reservation(
+    facility: &Facility,
+    incident_id: Uuid,
+    patient_id: Option<Uuid>,
+    changed_by: Uuid,
+    at: DateTime<Utc>,
+) -> Result<Option<BedStatusChanged>, ActorError> {
+    if facility.reserved_for(incident_id).is_some() {
+        return Ok(None);
+    }
+    let (ward, bed) = facility
+        .beds()
+        .find(|(ward, bed)| ward.kind == WardKind::Emergency && bed.status == BedStatus::Free)
+        .ok_or_else(|| ActorError::Conflict(format!("{} has no free emergency bed", facility.name)))?;
+    Ok(Some(BedStatusChanged {
+        facility_id: facility.id,
+        ward_id: ward.id,
+        bed_id: bed.id,
+        label: bed.label.clone(),
+        from: bed.status,
+        to: BedStatus::Reserved,
+        patient_id: None,
+        reserved_for: Some(incident_id),
+        reserved_patient_id: patient_id,
+        ended_reservation: None,
+        changed_by,
+        at,
+    }))
+}
+
+/// Decides what releasing an incident's hold means: the held bed becomes free again, or nothing
+/// happens when no bed here is held for it (never held, already released, or the patient was
+/// admitted into it).
+pub fn decide_release(facility: &Facility, incident_id: Uuid, changed_by: Uuid, at: DateTime<Utc>) -> Option<BedStatusChanged> {
+    let (ward, bed) = facility.reserved_for(incident_id)?;
+    Some(BedStatusChanged {
+        facility_id: facility.id,
+        ward_id: ward.id,
+        bed_id: bed.id,
+        label: bed.label.clone(),
+        from: bed.status,
+        to: BedStatus::Free,
+        patient_id: None,
+        reserved_for: None,
+        reserved_patient_id: None,
+        ended_reservation: Some(incident_id),
+        changed_by,
+        at,
+    })
 }
 
 /// Applies a stored event to the state it follows; the single definition of what each event
@@ -302,6 +430,8 @@ pub fn apply(state: Option<Facility>, stream_seq: i64, event_type: &str, data: &
                 .ok_or_else(|| format!("bed {} not in facility", change.bed_id))?;
             bed.status = change.to;
             bed.patient_id = change.patient_id;
+            bed.reserved_for = change.reserved_for;
+            bed.reserved_patient_id = change.reserved_patient_id;
             bed.updated_at = change.at;
             facility.version = stream_seq;
             Ok(facility)
@@ -369,10 +499,14 @@ async fn write_projection(conn: &mut PgConnection, tenant_id: Uuid, change: Proj
             bump_version(conn, facility.id, facility.version).await?;
         }
         ProjectionChange::Bed(change, version) => {
-            sqlx::query("UPDATE beds SET status = $2, patient_id = $3, updated_at = $4 WHERE id = $1")
+            sqlx::query(
+                "UPDATE beds SET status = $2, patient_id = $3, reserved_for = $4, reserved_patient_id = $5, updated_at = $6 WHERE id = $1",
+            )
                 .bind(change.bed_id)
                 .bind(change.to.as_str())
                 .bind(change.patient_id)
+                .bind(change.reserved_for)
+                .bind(change.reserved_patient_id)
                 .bind(change.at)
                 .execute(&mut *conn)
                 .await?;
@@ -435,6 +569,23 @@ struct Plan {
     audit: AuditRecord,
     next_state: Facility,
     projection: PlannedProjection,
+    /// The `facility.capacity` event for the map topic (its name and data), when the command
+    /// changes the facility's free emergency beds (or creates the facility).
+    capacity: Option<(String, Value)>,
+}
+
+/// The map's `facility.capacity` event when `next` has a different number of free emergency beds
+/// than `before` (`None`: the facility is new).
+fn capacity_change(tenant: &TenantSlug, before: Option<&Facility>, next: &Facility) -> Option<(String, Value)> {
+    let free = next.free_emergency_beds();
+    if before.is_some_and(|before| before.free_emergency_beds() == free) {
+        return None;
+    }
+    let data = json!({
+        "facility_id": next.id, "name": next.name, "lat": next.location.lat(), "lon": next.location.lon(),
+        "free_emergency_beds": free,
+    });
+    Some((topics::map_topic(tenant), data))
 }
 
 enum PlannedProjection {
@@ -445,10 +596,14 @@ enum PlannedProjection {
 
 /// The index that keeps a patient in one bed across the tenant's facilities.
 const ONE_BED_PER_PATIENT: &str = "beds_one_bed_per_patient";
+/// The index that lets an incident hold one bed across the tenant's facilities.
+const ONE_BED_PER_INCIDENT: &str = "beds_one_bed_per_incident";
 
-/// Commits a plan: projection rows, event, audit entry and (every `snapshot_every` events) a
-/// snapshot, in one transaction. Shared by creation (in the tenant supervisor) and the actor.
+/// Commits a plan: projection rows, event, the map's capacity event (if any), audit entry and
+/// (every `snapshot_every` events) a snapshot, in one transaction. Shared by creation (in the
+/// tenant supervisor) and the actor.
 async fn commit_plan(pool: &PgPool, tenant_id: Uuid, plan: &Plan, snapshot_every: i64, metrics: &ActorMetrics) -> Result<Committed, ActorError> {
+    let started = std::time::Instant::now();
     let mut tx = pool.begin().await?;
     let next = &plan.next_state;
     let change = match &plan.projection {
@@ -463,11 +618,26 @@ async fn commit_plan(pool: &PgPool, tenant_id: Uuid, plan: &Plan, snapshot_every
         Err(sqlx::Error::Database(db)) if db.constraint() == Some(ONE_BED_PER_PATIENT) => {
             return Err(ActorError::Conflict("that patient already occupies a bed in another facility; discharge them there first".to_owned()));
         }
+        Err(sqlx::Error::Database(db)) if db.constraint() == Some(ONE_BED_PER_INCIDENT) => {
+            return Err(ActorError::Conflict("that incident already holds a bed in another facility; release it there first".to_owned()));
+        }
         other => other?,
     }
     let snapshot = (next.version % snapshot_every.max(1) == 0)
         .then(|| serde_json::to_value(next).expect("facilities serialise"));
-    store::commit_command(tx, tenant_id, &plan.draft, &plan.audit, snapshot.as_ref(), metrics, ACTOR).await
+    // As store::commit_command, with the capacity copy in between: topic rows are locked in name
+    // order (`tenant/{t}/beds` before `tenant/{t}/map`), the audit chain head last.
+    let committed = store::append_event(&mut tx, tenant_id, &plan.draft).await?;
+    if let Some((topic, data)) = &plan.capacity {
+        store::publish_copy(&mut tx, tenant_id, topic, FACILITY_CAPACITY, data).await?;
+    }
+    if let Some(state) = &snapshot {
+        store::save_snapshot(&mut tx, tenant_id, &plan.draft.stream, committed.stream_seq, state).await?;
+    }
+    crate::audit::append(&mut tx, tenant_id, &plan.audit).await?;
+    tx.commit().await?;
+    metrics.commit_seconds.with_label_values(&[ACTOR]).observe(started.elapsed().as_secs_f64());
+    Ok(committed)
 }
 
 fn plan_creation(tenant: &TenantSlug, caller: &Caller, new: &NewFacility) -> Plan {
@@ -482,6 +652,7 @@ fn plan_creation(tenant: &TenantSlug, caller: &Caller, new: &NewFacility) -> Pla
         wards: new.wards.iter().map(|ward| ward.build(at)).collect(),
     };
     let beds: usize = facility.wards.iter().map(|w| w.beds.len()).sum();
+    let capacity = capacity_change(tenant, None, &facility);
     Plan {
         draft: EventDraft {
             stream: stream_name(facility.id),
@@ -494,6 +665,7 @@ fn plan_creation(tenant: &TenantSlug, caller: &Caller, new: &NewFacility) -> Pla
             .detail(json!({"name": facility.name, "wards": facility.wards.len(), "beds": beds})),
         next_state: facility,
         projection: PlannedProjection::Created,
+        capacity,
     }
 }
 
@@ -533,8 +705,9 @@ impl FacilityActor {
     }
 
     /// Commits `plan`, then installs its state and answers with `reply(new state, committed)`.
-    fn execute<T: 'static>(&mut self, plan: Plan, reply: impl FnOnce(&Facility, &Committed) -> T + 'static) -> Reply<Self, T> {
+    fn execute<T: 'static>(&mut self, mut plan: Plan, reply: impl FnOnce(&Facility, &Committed) -> T + 'static) -> Reply<Self, T> {
         let core = &self.core;
+        plan.capacity = capacity_change(&core.tenant, core.state.as_ref(), &plan.next_state);
         let (pool, tenant_id, snapshot_every, metrics) = (core.pool.clone(), core.tenant_id, core.snapshot_every, core.metrics.clone());
         let span = info_span!("command", tenant = %core.tenant, actor = ACTOR, facility_id = %core.id, event = plan.draft.event_type);
         let commit = async move {
@@ -590,7 +763,7 @@ impl Handler<GetFacility> for FacilityActor {
     }
 }
 
-/// Sets a bed's status (and the patient in it, for `occupied`).
+/// Sets a bed's status (and the patient in it, for `occupied`), as staff do.
 #[derive(Message)]
 #[rtype(result = "Result<BedChanged, ActorError>")]
 pub struct ChangeBedStatus {
@@ -598,10 +771,13 @@ pub struct ChangeBedStatus {
     pub bed_id: Uuid,
     pub status: BedStatus,
     pub patient_id: Option<Uuid>,
+    /// The bed is held for an incoming ambulance patient and the caller ends that hold on purpose
+    /// (see [`decide_bed_change`]).
+    pub release_reservation: bool,
 }
 
-/// The answer to [`ChangeBedStatus`]: the bed now, the facility version, and the event's seq on
-/// the tenant's bed topic (`None` when the bed already had that status).
+/// The answer to [`ChangeBedStatus`] and [`ReleaseReservation`]: the bed now, the facility
+/// version, and the event's seq on the tenant's bed topic (`None` when nothing changed).
 #[derive(Debug, Clone, Serialize)]
 pub struct BedChanged {
     pub bed: Bed,
@@ -610,28 +786,16 @@ pub struct BedChanged {
     pub seq: Option<i64>,
 }
 
-impl Handler<ChangeBedStatus> for FacilityActor {
-    type Result = Reply<Self, BedChanged>;
-
-    fn handle(&mut self, msg: ChangeBedStatus, _ctx: &mut Context<Self>) -> Self::Result {
-        let facility = match self.current() {
-            Ok(facility) => facility,
-            Err(error) => return durable::refuse(self, error),
-        };
-        let at = Utc::now().trunc_subsecs(6);
-        let decided = durable::decide::<Self, _>(|| {
-            decide_bed_change(facility, msg.bed_id, msg.status, msg.patient_id, msg.caller.principal.user_id, at)
-        });
-        let change = match decided {
-            Ok(Ok(Some(change))) => change,
-            Ok(Ok(None)) => {
-                let (_, bed) = facility.bed(msg.bed_id).expect("decided against an existing bed");
-                let unchanged = BedChanged { bed: bed.clone(), facility_id: facility.id, version: facility.version, seq: None };
-                return durable::answer(unchanged);
-            }
-            Ok(Err(error)) => return durable::refuse(self, error),
-            Err(()) => return durable::crash_now(),
-        };
+impl FacilityActor {
+    /// Commits a decided bed change with its audit entry and answers with `reply(the bed now,
+    /// the facility now, committed)`.
+    fn commit_bed_change<T: 'static>(
+        &mut self,
+        facility: &Facility,
+        change: BedStatusChanged,
+        audit: AuditRecord,
+        reply: impl FnOnce(&Bed, &Facility, &Committed) -> T + 'static,
+    ) -> Reply<Self, T> {
         let data = serde_json::to_value(&change).expect("events serialise");
         let next_state = match apply(Some(facility.clone()), facility.version + 1, BED_STATUS_CHANGED, &data) {
             Ok(next) => next,
@@ -645,19 +809,163 @@ impl Handler<ChangeBedStatus> for FacilityActor {
                 event_type: BED_STATUS_CHANGED,
                 data,
             },
-            audit: AuditRecord::by_caller(&msg.caller, "bed.status_change", "bed", change.bed_id)
-                .patient(change.patient_id.or_else(|| facility.bed(change.bed_id).and_then(|(_, bed)| bed.patient_id)))
-                .detail(json!({
-                    "facility_id": facility.id, "label": change.label,
-                    "from": change.from.as_str(), "to": change.to.as_str(),
-                })),
+            audit,
             next_state,
             projection: PlannedProjection::Bed(change.clone()),
+            capacity: None,
         };
         let bed_id = change.bed_id;
         self.execute(plan, move |next, committed| {
             let (_, bed) = next.bed(bed_id).expect("bed still exists after its change");
-            BedChanged { bed: bed.clone(), facility_id: next.id, version: next.version, seq: Some(committed.topic_seq) }
+            reply(bed, next, committed)
+        })
+    }
+}
+
+impl Handler<ChangeBedStatus> for FacilityActor {
+    type Result = Reply<Self, BedChanged>;
+
+    fn handle(&mut self, msg: ChangeBedStatus, _ctx: &mut Context<Self>) -> Self::Result {
+        let facility = match self.current() {
+            Ok(facility) => facility.clone(),
+            Err(error) => return durable::refuse(self, error),
+        };
+        let at = Utc::now().trunc_subsecs(6);
+        let decided = durable::decide::<Self, _>(|| {
+            decide_bed_change(&facility, msg.bed_id, msg.status, msg.patient_id, msg.release_reservation, msg.caller.principal.user_id, at)
+        });
+        let change = match decided {
+            Ok(Ok(Some(change))) => change,
+            Ok(Ok(None)) => {
+                let (_, bed) = facility.bed(msg.bed_id).expect("decided against an existing bed");
+                let unchanged = BedChanged { bed: bed.clone(), facility_id: facility.id, version: facility.version, seq: None };
+                return durable::answer(unchanged);
+            }
+            Ok(Err(error)) => return durable::refuse(self, error),
+            Err(()) => return durable::crash_now(),
+        };
+        let previous = facility.bed(change.bed_id).map(|(_, bed)| bed.clone());
+        let mut detail = json!({
+            "facility_id": facility.id, "label": change.label,
+            "from": change.from.as_str(), "to": change.to.as_str(),
+        });
+        if let Some(incident) = change.ended_reservation {
+            detail["ended_reservation"] = json!(incident);
+        }
+        let audit = AuditRecord::by_caller(&msg.caller, "bed.status_change", "bed", change.bed_id)
+            .patient(change.patient_id.or_else(|| previous.as_ref().and_then(|bed| bed.patient_id.or(bed.reserved_patient_id))))
+            .detail(detail);
+        self.commit_bed_change(&facility, change, audit, |bed, next, committed| BedChanged {
+            bed: bed.clone(),
+            facility_id: next.id,
+            version: next.version,
+            seq: Some(committed.topic_seq),
+        })
+    }
+}
+
+/// Holds a free emergency bed for an incident's incoming patient. Sent by dispatch when it
+/// chooses this facility as a unit's destination; refused with a conflict when no emergency bed
+/// is free. Asking again for the same incident answers with the bed already held.
+#[derive(Message)]
+#[rtype(result = "Result<BedReserved, ActorError>")]
+pub struct ReserveEmergencyBed {
+    /// `None`: the hub's dispatch decided it on its own.
+    pub caller: Option<Caller>,
+    pub incident_id: Uuid,
+    /// The incident's patient, when it names one.
+    pub patient_id: Option<Uuid>,
+}
+
+/// The answer to [`ReserveEmergencyBed`]: where the patient goes and the bed held for them.
+#[derive(Debug, Clone, Serialize)]
+pub struct BedReserved {
+    pub facility_id: Uuid,
+    pub facility_name: String,
+    pub location: GeoPoint,
+    pub ward_id: Uuid,
+    pub bed: Bed,
+    /// The event's seq on the bed topic (`None`: the bed was already held for this incident).
+    pub seq: Option<i64>,
+}
+
+/// An audit record by the caller, or by the hub when there is none.
+fn bed_record(caller: &Option<Caller>, action: &str, bed_id: Uuid) -> AuditRecord {
+    match caller {
+        Some(caller) => AuditRecord::by_caller(caller, action, "bed", bed_id),
+        None => AuditRecord::by_system(action, "bed", bed_id),
+    }
+}
+
+impl Handler<ReserveEmergencyBed> for FacilityActor {
+    type Result = Reply<Self, BedReserved>;
+
+    fn handle(&mut self, msg: ReserveEmergencyBed, _ctx: &mut Context<Self>) -> Self::Result {
+        let facility = match self.current() {
+            Ok(facility) => facility.clone(),
+            Err(error) => return durable::refuse(self, error),
+        };
+        let at = Utc::now().trunc_subsecs(6);
+        let changed_by = msg.caller.as_ref().map_or(Uuid::nil(), |caller| caller.principal.user_id);
+        let reserved = |facility: &Facility, ward_id: Uuid, bed: &Bed, seq: Option<i64>| BedReserved {
+            facility_id: facility.id,
+            facility_name: facility.name.clone(),
+            location: facility.location,
+            ward_id,
+            bed: bed.clone(),
+            seq,
+        };
+        let change = match durable::decide::<Self, _>(|| decide_reservation(&facility, msg.incident_id, msg.patient_id, changed_by, at)) {
+            Ok(Ok(Some(change))) => change,
+            Ok(Ok(None)) => {
+                let (ward, bed) = facility.reserved_for(msg.incident_id).expect("decided against a held bed");
+                return durable::answer(reserved(&facility, ward.id, bed, None));
+            }
+            Ok(Err(error)) => return durable::refuse(self, error),
+            Err(()) => return durable::crash_now(),
+        };
+        let audit = bed_record(&msg.caller, "bed.reserve", change.bed_id)
+            .patient(msg.patient_id)
+            .detail(json!({"facility_id": facility.id, "label": change.label, "incident_id": msg.incident_id}));
+        let ward_id = change.ward_id;
+        self.commit_bed_change(&facility, change, audit, move |bed, next, committed| reserved(next, ward_id, bed, Some(committed.topic_seq)))
+    }
+}
+
+/// Ends an incident's hold on a bed here: the bed is free again. Nothing happens (and nothing is
+/// written) when no bed here is held for it: never held, already released, or the patient was
+/// admitted into it; the answer is then `None`.
+#[derive(Message)]
+#[rtype(result = "Result<Option<BedChanged>, ActorError>")]
+pub struct ReleaseReservation {
+    /// `None`: the hub's dispatch decided it on its own (e.g. the incident closed).
+    pub caller: Option<Caller>,
+    pub incident_id: Uuid,
+    /// Why, for the audit trail ("incident cancelled", "incident closed").
+    pub reason: String,
+}
+
+impl Handler<ReleaseReservation> for FacilityActor {
+    type Result = Reply<Self, Option<BedChanged>>;
+
+    fn handle(&mut self, msg: ReleaseReservation, _ctx: &mut Context<Self>) -> Self::Result {
+        let facility = match self.current() {
+            Ok(facility) => facility.clone(),
+            Err(error) => return durable::refuse(self, error),
+        };
+        let at = Utc::now().trunc_subsecs(6);
+        let changed_by = msg.caller.as_ref().map_or(Uuid::nil(), |caller| caller.principal.user_id);
+        let change = match durable::decide::<Self, _>(|| decide_release(&facility, msg.incident_id, changed_by, at)) {
+            Ok(Some(change)) => change,
+            Ok(None) => return durable::answer(None),
+            Err(()) => return durable::crash_now(),
+        };
+        let patient = facility.reserved_for(msg.incident_id).and_then(|(_, bed)| bed.reserved_patient_id);
+        let audit = bed_record(&msg.caller, "bed.reservation_release", change.bed_id).patient(patient).detail(json!({
+            "facility_id": facility.id, "label": change.label, "incident_id": msg.incident_id, "reason": msg.reason,
+        }));
+        self.commit_bed_change(&facility, change, audit, |bed, next, committed| {
+            Some(BedChanged { bed: bed.clone(), facility_id: next.id, version: next.version, seq: Some(committed.topic_seq) })
         })
     }
 }
@@ -700,6 +1008,7 @@ impl Handler<AddWard> for FacilityActor {
                 .detail(json!({"facility_id": facility.id, "name": ward.name, "beds": ward.beds.len()})),
             next_state,
             projection: PlannedProjection::WardAdded(ward.id),
+            capacity: None,
         };
         self.execute(plan, |next, _| next.clone())
     }
@@ -723,7 +1032,9 @@ impl Handler<InjectPanic> for FacilityActor {
         }
         let doomed = async move {
             let mut tx = pool.begin().await?;
-            sqlx::query("UPDATE beds SET status = 'out_of_service', patient_id = NULL WHERE facility_id = $1")
+            sqlx::query(
+                "UPDATE beds SET status = 'out_of_service', patient_id = NULL, reserved_for = NULL, reserved_patient_id = NULL WHERE facility_id = $1",
+            )
                 .bind(facility_id)
                 .execute(&mut *tx)
                 .await?;
@@ -759,6 +1070,8 @@ pub struct FacilitySummary {
 pub struct BedCounts {
     pub free: i64,
     pub occupied: i64,
+    /// Held for incoming ambulance patients: not free.
+    pub reserved: i64,
     pub cleaning: i64,
     pub out_of_service: i64,
 }
@@ -768,6 +1081,7 @@ pub async fn list_facilities(pool: &PgPool, tenant_id: Uuid) -> Result<Vec<Facil
         "SELECT f.id, f.name, f.kind, f.latitude, f.longitude, f.timezone, f.version,
                 count(b.id) FILTER (WHERE b.status = 'free') AS free,
                 count(b.id) FILTER (WHERE b.status = 'occupied') AS occupied,
+                count(b.id) FILTER (WHERE b.status = 'reserved') AS reserved,
                 count(b.id) FILTER (WHERE b.status = 'cleaning') AS cleaning,
                 count(b.id) FILTER (WHERE b.status = 'out_of_service') AS out_of_service
          FROM facilities f LEFT JOIN beds b ON b.facility_id = f.id
@@ -788,6 +1102,7 @@ pub async fn list_facilities(pool: &PgPool, tenant_id: Uuid) -> Result<Vec<Facil
                 beds: BedCounts {
                     free: row.get("free"),
                     occupied: row.get("occupied"),
+                    reserved: row.get("reserved"),
                     cleaning: row.get("cleaning"),
                     out_of_service: row.get("out_of_service"),
                 },
@@ -822,7 +1137,8 @@ pub async fn bed_board(pool: &PgPool, tenant_id: Uuid, topic: &str) -> Result<(i
         .fetch_all(&mut *tx)
         .await?;
     let bed_rows = sqlx::query(
-        "SELECT id, ward_id, label, status, patient_id, updated_at FROM beds WHERE tenant_id = $1 ORDER BY ward_id, position",
+        "SELECT id, ward_id, label, status, patient_id, reserved_for, reserved_patient_id, updated_at FROM beds
+         WHERE tenant_id = $1 ORDER BY ward_id, position",
     )
     .bind(tenant_id)
     .fetch_all(&mut *tx)
@@ -845,6 +1161,8 @@ pub async fn bed_board(pool: &PgPool, tenant_id: Uuid, topic: &str) -> Result<(i
                         status: BedStatus::parse(b.get("status"))
                             .ok_or_else(|| sqlx::Error::Decode("unknown bed status".into()))?,
                         patient_id: b.get("patient_id"),
+                        reserved_for: b.get("reserved_for"),
+                        reserved_patient_id: b.get("reserved_patient_id"),
                         updated_at: b.get("updated_at"),
                     })
                 })
@@ -883,7 +1201,7 @@ mod tests {
     }
 
     fn change(f: &Facility, bed: usize, to: BedStatus, patient: Option<Uuid>) -> Result<Option<BedStatusChanged>, ActorError> {
-        decide_bed_change(f, f.wards[0].beds[bed].id, to, patient, Uuid::nil(), Utc::now())
+        decide_bed_change(f, f.wards[0].beds[bed].id, to, patient, false, Uuid::nil(), Utc::now())
     }
 
     fn commit(f: Facility, event: BedStatusChanged) -> Facility {
@@ -933,7 +1251,7 @@ mod tests {
     fn only_occupied_beds_hold_patients_and_unknown_beds_are_not_found() {
         let f = facility();
         assert!(matches!(change(&f, 1, BedStatus::Cleaning, Some(Uuid::new_v4())), Err(ActorError::Invalid { .. })));
-        let unknown = decide_bed_change(&f, Uuid::new_v4(), BedStatus::Free, None, Uuid::nil(), Utc::now());
+        let unknown = decide_bed_change(&f, Uuid::new_v4(), BedStatus::Free, None, false, Uuid::nil(), Utc::now());
         assert!(matches!(unknown, Err(ActorError::NotFound("bed"))));
     }
 
@@ -952,6 +1270,132 @@ mod tests {
             replayed = Some(apply(replayed, seq as i64 + 1, kind, data).unwrap());
         }
         assert_eq!(replayed.unwrap(), live);
+    }
+
+    /// The emergency facility plus a general ward (G1): only emergency beds are held for
+    /// incoming ambulance patients.
+    fn with_general_ward() -> Facility {
+        let mut f = facility();
+        f.wards.insert(0, NewWard::new("General", WardKind::General, vec!["G1".into()]).unwrap().build(Utc::now()));
+        f
+    }
+
+    fn reserve(f: &Facility, incident: Uuid, patient: Option<Uuid>) -> Result<Option<BedStatusChanged>, ActorError> {
+        decide_reservation(f, incident, patient, Uuid::nil(), Utc::now())
+    }
+
+    fn staff(f: &Facility, bed: Uuid, to: BedStatus, patient: Option<Uuid>, release: bool) -> Result<Option<BedStatusChanged>, ActorError> {
+        decide_bed_change(f, bed, to, patient, release, Uuid::new_v4(), Utc::now())
+    }
+
+    #[test]
+    fn a_reservation_holds_the_first_free_emergency_bed_and_counts_apart_from_free_ones() {
+        let f = with_general_ward();
+        assert_eq!(f.free_emergency_beds(), 2);
+        let (incident, patient) = (Uuid::new_v4(), Uuid::new_v4());
+        let event = reserve(&f, incident, Some(patient)).unwrap().unwrap();
+        let e1 = f.wards[1].beds[0].id;
+        assert_eq!((event.bed_id, event.from, event.to), (e1, BedStatus::Free, BedStatus::Reserved), "not the general ward's bed");
+        let f = commit(f, event);
+        let (_, held) = f.reserved_for(incident).unwrap();
+        assert_eq!((held.id, held.status, held.reserved_for, held.reserved_patient_id, held.patient_id), (e1, BedStatus::Reserved, Some(incident), Some(patient), None));
+        assert_eq!(f.free_emergency_beds(), 1, "a held bed is not free");
+        // Asking again for the same incident holds nothing more.
+        assert!(reserve(&f, incident, Some(patient)).unwrap().is_none());
+        // A second incident gets the next bed; a third finds none.
+        let f = commit(f.clone(), reserve(&f, Uuid::new_v4(), None).unwrap().unwrap());
+        assert_eq!(f.free_emergency_beds(), 0);
+        assert!(matches!(reserve(&f, Uuid::new_v4(), None), Err(ActorError::Conflict(_))));
+    }
+
+    #[test]
+    fn busy_emergency_beds_are_not_held_and_staff_cannot_reserve_by_hand() {
+        let f = with_general_ward();
+        let f = commit(f.clone(), change_in(&f, 1, 0, BedStatus::Cleaning));
+        let f = commit(f.clone(), change_in(&f, 1, 1, BedStatus::OutOfService));
+        assert!(matches!(reserve(&f, Uuid::new_v4(), None), Err(ActorError::Conflict(_))), "the free general bed is no emergency bed");
+        let by_hand = staff(&f, f.wards[0].beds[0].id, BedStatus::Reserved, None, false);
+        assert!(matches!(by_hand, Err(ActorError::Invalid { field: "status", .. })));
+    }
+
+    fn change_in(f: &Facility, ward: usize, bed: usize, to: BedStatus) -> BedStatusChanged {
+        staff(f, f.wards[ward].beds[bed].id, to, None, false).unwrap().unwrap()
+    }
+
+    #[test]
+    fn releasing_frees_the_held_bed_once_and_is_a_no_op_otherwise() {
+        let f = with_general_ward();
+        let incident = Uuid::new_v4();
+        assert!(decide_release(&f, incident, Uuid::nil(), Utc::now()).is_none(), "nothing held: nothing to write");
+        let f = commit(f.clone(), reserve(&f, incident, None).unwrap().unwrap());
+        let event = decide_release(&f, incident, Uuid::nil(), Utc::now()).unwrap();
+        assert_eq!((event.from, event.to, event.ended_reservation), (BedStatus::Reserved, BedStatus::Free, Some(incident)));
+        let f = commit(f, event);
+        let bed = &f.wards[1].beds[0];
+        assert_eq!((bed.status, bed.reserved_for, bed.reserved_patient_id), (BedStatus::Free, None, None));
+        assert_eq!(f.free_emergency_beds(), 2);
+        assert!(decide_release(&f, incident, Uuid::nil(), Utc::now()).is_none(), "released twice: the second changes nothing");
+    }
+
+    #[test]
+    fn admitting_the_incoming_patient_ends_the_hold_but_nobody_else_takes_the_bed_silently() {
+        let f = with_general_ward();
+        let (incident, patient, stranger) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let f = commit(f.clone(), reserve(&f, incident, Some(patient)).unwrap().unwrap());
+        let bed = f.wards[1].beds[0].id;
+        for to in [BedStatus::Free, BedStatus::Cleaning, BedStatus::OutOfService] {
+            assert!(matches!(staff(&f, bed, to, None, false), Err(ActorError::Conflict(_))), "{to:?} needs release_reservation");
+        }
+        assert!(matches!(staff(&f, bed, BedStatus::Occupied, Some(stranger), false), Err(ActorError::Conflict(_))), "another patient");
+        // The incoming patient is admitted: the hold ends with it, and a later release is a no-op.
+        let admitted = staff(&f, bed, BedStatus::Occupied, Some(patient), false).unwrap().unwrap();
+        assert_eq!((admitted.from, admitted.ended_reservation), (BedStatus::Reserved, Some(incident)));
+        let occupied = commit(f.clone(), admitted);
+        let held = &occupied.wards[1].beds[0];
+        assert_eq!((held.status, held.patient_id, held.reserved_for), (BedStatus::Occupied, Some(patient), None));
+        assert!(decide_release(&occupied, incident, Uuid::nil(), Utc::now()).is_none());
+        // Ending the hold deliberately is allowed, and the event says which hold it ended.
+        let freed = staff(&f, bed, BedStatus::OutOfService, None, true).unwrap().unwrap();
+        assert_eq!((freed.to, freed.ended_reservation), (BedStatus::OutOfService, Some(incident)));
+        assert!(staff(&f, bed, BedStatus::Occupied, Some(stranger), true).unwrap().is_some());
+    }
+
+    #[test]
+    fn an_incident_without_a_known_patient_lets_staff_admit_whoever_arrives() {
+        let f = with_general_ward();
+        let incident = Uuid::new_v4();
+        let f = commit(f.clone(), reserve(&f, incident, None).unwrap().unwrap());
+        let admitted = staff(&f, f.wards[1].beds[0].id, BedStatus::Occupied, Some(Uuid::new_v4()), false).unwrap().unwrap();
+        assert_eq!(admitted.ended_reservation, Some(incident));
+    }
+
+    #[test]
+    fn reservations_replay_and_old_events_without_them_still_read() {
+        let created = with_general_ward();
+        let incident = Uuid::new_v4();
+        let held = reserve(&created, incident, None).unwrap().unwrap();
+        let live = commit(created.clone(), held.clone());
+        let replayed = apply(Some(apply(None, 1, FACILITY_CREATED, &serde_json::to_value(&created).unwrap()).unwrap()), 2, BED_STATUS_CHANGED, &serde_json::to_value(&held).unwrap()).unwrap();
+        assert_eq!(replayed, live);
+        // An event from before reservations existed has none of their fields.
+        let mut old = serde_json::to_value(change_in(&created, 0, 0, BedStatus::Cleaning)).unwrap();
+        for field in ["reserved_for", "reserved_patient_id", "ended_reservation"] {
+            old.as_object_mut().unwrap().remove(field);
+        }
+        assert_eq!(apply(Some(created), 2, BED_STATUS_CHANGED, &old).unwrap().wards[0].beds[0].status, BedStatus::Cleaning);
+    }
+
+    #[test]
+    fn the_map_hears_of_a_facility_when_its_free_emergency_beds_change_and_only_then() {
+        let tenant = TenantSlug::parse("alpha").unwrap();
+        let f = with_general_ward();
+        let (topic, data) = capacity_change(&tenant, None, &f).expect("a new facility is announced");
+        assert_eq!((topic.as_str(), data["free_emergency_beds"].as_u64()), ("tenant/alpha/map", Some(2)));
+        let general = commit(f.clone(), change_in(&f, 0, 0, BedStatus::Cleaning));
+        assert!(capacity_change(&tenant, Some(&f), &general).is_none(), "a general bed is not an emergency bed");
+        let held = commit(f.clone(), reserve(&f, Uuid::new_v4(), None).unwrap().unwrap());
+        let (_, data) = capacity_change(&tenant, Some(&f), &held).expect("a held bed is one free emergency bed less");
+        assert_eq!((data["facility_id"].as_str(), data["free_emergency_beds"].as_u64()), (Some(f.id.to_string().as_str()), Some(1)));
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub mod inventory;
 pub mod live;
 pub mod metrics;
 pub mod news2;
+pub mod observations;
 pub mod patients;
 pub mod pharmacy;
 pub mod reminders;

@@ -1,7 +1,9 @@
 // End-to-end check of the dispatcher's live emergency map in headless Chromium: an admin registers
 // an ambulance unit and a device for it through the API; a dispatcher signs in through the form and
 // opens #/map; the device connects to the hub's MQTT endpoint and publishes a GPS fix; the unit's
-// marker must move to that fix on the open page (no reload), and again for a second fix.
+// marker must move to that fix on the open page (no reload), and again for a second fix. Then the
+// dispatcher selects the unit (keyboard): its track is drawn through both fixes; the unit's monitor
+// publishes vital signs and the unit panel shows them with their NEWS2 score and band.
 //
 // Run against a running hub (e.g. `hub demo --listen 127.0.0.1:18126 --mqtt-listen 127.0.0.1:18830`):
 //   MEDHUB_URL=http://127.0.0.1:18126 MEDHUB_MQTT=127.0.0.1:18830 node tests/browser/map.mjs
@@ -184,6 +186,12 @@ async function waitForMarkerAt(page, unitId, lat, lon, what) {
   return Date.now() - started;
 }
 
+function vitals() {
+  // Every parameter in a red zone: NEWS2 17, high.
+  return { respiration_rate: 27, spo2: 90, on_oxygen: false, systolic_bp: 88, pulse: 135, consciousness: 'voice', temperature: 39.5,
+    measured_at: new Date().toISOString() };
+}
+
 function fix(lat, lon, heading) {
   return { lat, lon, speed: 12.5, heading, accuracy: 5, fix_time: new Date().toISOString() };
 }
@@ -240,6 +248,57 @@ async function main() {
     if (transform1 === transform2) fail(`the marker's data moved but it is still drawn at ${transform2}`);
     step(`check 2: the marker moved to the second fix (${second.lat}, ${second.lon}) ${took2} ms after its PUBACK (drawn ${transform1} → ${transform2})`);
 
+    // Selecting the unit draws its track (once the hub has written both fixes) and shows its vitals
+    // as they arrive.
+    const trackDeadline = Date.now() + LIVE_TIMEOUT_MS;
+    while ((await api('GET', `/api/ambulances/${unit.id}/track`, { token: admin })).points.length < 2) {
+      if (Date.now() > trackDeadline) fail(`the hub did not write the unit's two fixes to its track within ${LIVE_TIMEOUT_MS / 1000} s`);
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    await page.locator(`[data-unit-id="${unit.id}"]`).focus();
+    await page.keyboard.press('Enter');
+    await page.locator(`.map-track__line[data-track-unit-id="${unit.id}"][data-points="2"]`).waitFor({ state: 'attached', timeout: LIVE_TIMEOUT_MS })
+      .catch(async () => {
+        const drawn = await page.locator('.map-track__line').evaluateAll((lines) => lines.map((l) => `${l.dataset.trackUnitId}: ${l.dataset.points} points`)).catch(() => []);
+        fail(`after selecting unit ${unit.id} its track of two fixes is not drawn (drawn: ${drawn.join(', ') || 'nothing'})`);
+      });
+    step('check 3: selecting the unit draws its track through both fixes');
+    const reading = vitals();
+    await publish(client, `medhub/${config.tenant}/ambulance/${unit.id}/vitals`, reading);
+    const panel = page.locator(`#unit-detail[data-selected-unit-id="${unit.id}"][data-news2-band="high"]`);
+    await panel.waitFor({ timeout: LIVE_TIMEOUT_MS }).catch(async () => {
+      const shown = await page.locator('#unit-detail').evaluate((e) => `${JSON.stringify({ ...e.dataset })} ${e.textContent}`).catch(() => 'no panel');
+      fail(`the unit panel does not show the high NEWS2 band ${LIVE_TIMEOUT_MS / 1000} s after the vitals were published; it shows ${shown}`);
+    });
+    const score = await panel.getAttribute('data-news2-score');
+    const text = await panel.textContent();
+    if (score !== '17' || !text.includes('NEWS2 17') || !text.includes('135')) fail(`the unit panel shows score ${score} and "${text}"; expected NEWS2 17 and a pulse of 135`);
+    step(`check 4: the unit panel shows the vitals with NEWS2 ${score}, high`);
+
+    // The dispatcher reports an incident where the unit stands, asking for a proposal: nothing is
+    // sent until they press "Dispatch unit" for the proposed unit.
+    await page.locator('#incident-lat').fill(String(second.lat));
+    await page.locator('#incident-lon').fill(String(second.lon));
+    await page.locator('#incident-description').fill('Fall at the market (browser story)');
+    await page.locator('#incident-propose').check();
+    await page.getByRole('button', { name: 'Report and dispatch' }).click();
+    const head = page.locator('.incident-detail__head strong');
+    await page.locator('.incident-detail__head', { hasText: 'Awaiting dispatch' }).waitFor({ timeout: LIVE_TIMEOUT_MS }).catch(async () => {
+      fail(`after reporting with "propose" the incident shows "${await head.textContent().catch(() => 'nothing')}", not "Awaiting dispatch"`);
+    });
+    const proposed = page.locator('#incident-dispatch-unit option').first();
+    await proposed.waitFor({ state: 'attached', timeout: LIVE_TIMEOUT_MS });
+    const proposedText = await proposed.textContent();
+    if (!proposedText.includes(callSign) || !proposedText.includes('proposed')) fail(`the first unit offered is "${proposedText}"; expected ${callSign}, proposed`);
+    step(`check 5: reported with a proposal; the page offers "${proposedText.trim()}" and nothing is dispatched yet`);
+    await page.getByRole('button', { name: 'Dispatch unit' }).click();
+    await page.locator('.incident-detail__head', { hasText: 'Dispatched' }).waitFor({ timeout: LIVE_TIMEOUT_MS }).catch(async () => {
+      fail(`after "Dispatch unit" the incident shows "${await head.textContent().catch(() => 'nothing')}", not "Dispatched"`);
+    });
+    const sent = await api('GET', `/api/ambulances/${unit.id}`, { token: admin });
+    if (sent.status !== 'dispatched') fail(`the confirmed unit ${callSign} is ${sent.status}, not dispatched`);
+    step(`check 6: the dispatcher's confirmation sent ${callSign} (its status is now ${sent.status})`);
+
     await assertNotReloaded();
     step('  no reload');
     if (config.screenshot) {
@@ -257,7 +316,7 @@ async function main() {
 
 try {
   await main();
-  step('PASS: GPS fixes published over MQTT move the unit on the open map');
+  step('PASS: GPS fixes published over MQTT move the unit on the open map; its track and vitals are shown; a proposed dispatch waits for the dispatcher');
 } catch (error) {
   console.error(`FAIL: ${error instanceof CheckFailed ? error.message : error.stack || error}`);
   process.exitCode = 1;

@@ -105,6 +105,9 @@ struct BedStatusBody {
     status: BedStatus,
     #[serde(default)]
     patient_id: Option<Uuid>,
+    /// The bed is held for an incoming ambulance patient and the caller ends that hold on purpose.
+    #[serde(default)]
+    release_reservation: bool,
 }
 
 async fn change_bed_status(
@@ -125,7 +128,13 @@ async fn change_bed_status(
     let principal = caller.principal();
     let actor = state.runtime.facility(principal.tenant_id, &principal.tenant_slug, facility_id).await?;
     let changed = actor
-        .send(ChangeBedStatus { caller: caller.0.clone(), bed_id, status: body.status, patient_id: body.patient_id })
+        .send(ChangeBedStatus {
+            caller: caller.0.clone(),
+            bed_id,
+            status: body.status,
+            patient_id: body.patient_id,
+            release_reservation: body.release_reservation,
+        })
         .await
         ??;
     Ok(HttpResponse::Ok().json(changed))

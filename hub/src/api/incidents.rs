@@ -1,12 +1,16 @@
 //! Incidents: `POST /api/incidents` (a call-taker's report or a patient's SOS), the open list,
-//! an incident's timeline, and cancelling. The tenant's dispatch actor assigns units.
+//! an incident's timeline, its vital-sign observations, and cancelling. The tenant's dispatch actor
+//! assigns units.
+
+use std::collections::HashMap;
 
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
 
-use medhub_actors::dispatch::{self, CancelIncident, CreateIncident, Priority};
+use medhub_actors::dispatch::{self, CancelIncident, ConfirmDispatch, CreateIncident, DispatchMode, Priority};
+use medhub_actors::observations;
 use medhub_actors::{GeoPoint, Role};
 
 use super::error::ApiError;
@@ -19,6 +23,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/api/incidents", web::post().to(create))
         .route("/api/incidents", web::get().to(list))
         .route("/api/incidents/{id}/timeline", web::get().to(timeline))
+        .route("/api/incidents/{id}/observations", web::get().to(observations))
+        .route("/api/incidents/{id}/dispatch", web::post().to(confirm_dispatch))
         .route("/api/incidents/{id}/cancel", web::post().to(cancel));
 }
 
@@ -29,6 +35,9 @@ struct IncidentBody {
     priority: Priority,
     description: String,
     patient_id: Option<Uuid>,
+    /// `auto` (default): the best unit goes at once; `propose`: the dispatcher confirms first.
+    #[serde(default)]
+    dispatch: DispatchMode,
 }
 
 /// Dispatchers and admins report incidents; a patient may raise an SOS for themself.
@@ -41,6 +50,9 @@ async fn create(state: web::Data<AppState>, caller: Authenticated, body: Body) -
     }
     let principal = caller.principal();
     let mut patient_id = body.patient_id;
+    if principal.role == Role::Patient && body.dispatch == DispatchMode::Propose {
+        return Err(ApiError::invalid("dispatch", "an SOS is dispatched at once; only dispatchers ask for a proposal"));
+    }
     if principal.role == Role::Patient {
         let own: Option<Uuid> = sqlx::query_scalar("SELECT id FROM patients WHERE user_id = $1 AND tenant_id = $2")
             .bind(principal.user_id)
@@ -63,7 +75,7 @@ async fn create(state: web::Data<AppState>, caller: Authenticated, body: Body) -
     }
     let dispatch = state.runtime.dispatch(principal.tenant_id, &principal.tenant_slug).await?;
     let incident = dispatch
-        .send(CreateIncident { caller: caller.0.clone(), location: body.location, priority: body.priority, description, patient_id })
+        .send(CreateIncident { caller: caller.0.clone(), location: body.location, priority: body.priority, description, patient_id, mode: body.dispatch })
         .await
         ??;
     Ok(HttpResponse::Created().json(incident))
@@ -90,6 +102,39 @@ async fn timeline(state: web::Data<AppState>, caller: Authenticated, path: web::
         return Err(ApiError::not_found("incident"));
     }
     Ok(HttpResponse::Ok().json(json!({"incident_id": id, "timeline": steps})))
+}
+
+/// The vital signs the incident's unit recorded (`from`, `to`, `limit`: the latest `limit` measured
+/// in `[from, to)`), oldest first; the read is audited, naming the incident's patient.
+async fn observations(
+    state: web::Data<AppState>,
+    caller: Authenticated,
+    path: web::Path<String>,
+    query: web::Query<HashMap<String, String>>,
+) -> Result<HttpResponse, ApiError> {
+    let id = path_id(&path, "incident")?;
+    let parsed = super::patients::observation_query(&query)?;
+    let page = observations::for_incident(&state.pool, &caller.0, id, &parsed).await?;
+    Ok(HttpResponse::Ok()
+        .insert_header(("Cache-Control", "no-store"))
+        .json(json!({"incident_id": id, "from": parsed.from, "to": parsed.to, "observations": page.observations, "more": page.more})))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ConfirmBody {
+    unit_id: Option<Uuid>,
+}
+
+/// The dispatcher confirms the proposed unit (empty body) or sends the one they pick (`unit_id`).
+async fn confirm_dispatch(state: web::Data<AppState>, caller: Authenticated, path: web::Path<String>, body: Body) -> Result<HttpResponse, ApiError> {
+    caller.require(&[Role::Admin, Role::Dispatcher], "dispatch units")?;
+    let id = path_id(&path, "incident")?;
+    let body: ConfirmBody = body.parse_or_default()?;
+    let principal = caller.principal();
+    let dispatch = state.runtime.dispatch(principal.tenant_id, &principal.tenant_slug).await?;
+    let incident = dispatch.send(ConfirmDispatch { caller: caller.0.clone(), incident_id: id, unit_id: body.unit_id }).await??;
+    Ok(HttpResponse::Ok().json(incident))
 }
 
 #[derive(Deserialize)]

@@ -1,5 +1,6 @@
 //! Patient records over HTTP: `/api/patients` (register, search), `/api/patients/{id}` (read,
-//! change) and the same record as a FHIR R4 Patient resource at `/fhir/Patient/{id}`.
+//! change), the patient's vital-sign observations at `/api/patients/{id}/observations`, and the
+//! same record as a FHIR R4 Patient resource at `/fhir/Patient/{id}`.
 //!
 //! Who may do what, and the audit entry every read and change leaves, are decided in
 //! [`medhub_actors::patients`]; this file checks the role first (recording a refusal, before a
@@ -18,6 +19,7 @@ use medhub_actors::patients::{
     self, Address, BirthDate, EmergencyContact, Mrn, NewPatient, Patient, PatientDetails, PatientName, PatientQuery,
     PatientUpdate, Phone, ReadPurpose, Sex, CLINICAL_STAFF, RECORD_READERS,
 };
+use medhub_actors::observations::ObservationQuery;
 use medhub_actors::{Role, TenantSlug};
 
 use super::error::ApiError;
@@ -29,6 +31,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/api/patients", web::get().to(search))
         .route("/api/patients/{id}", web::get().to(get))
         .route("/api/patients/{id}", web::put().to(update))
+        .route("/api/patients/{id}/observations", web::get().to(observations))
         .route("/fhir/Patient/{id}", web::get().to(get_fhir));
 }
 
@@ -125,6 +128,34 @@ async fn update(
     let change = PatientUpdate { expected_version: body.version, mrn: body.mrn, details, user_id: body.user_id };
     let patient = patients::update(&state.pool, &caller.0, id, change).await?;
     Ok(HttpResponse::Ok().insert_header(("Cache-Control", "no-store")).json(patient))
+}
+
+const OBSERVATION_FILTERS: &[&str] = &["from", "to", "limit"];
+
+/// `from`, `to` and `limit` of an observations read; anything else is a 400 naming it.
+pub(crate) fn observation_query(query: &HashMap<String, String>) -> Result<ObservationQuery, ApiError> {
+    if let Some(unknown) = query.keys().find(|key| !OBSERVATION_FILTERS.contains(&key.as_str())) {
+        return Err(ApiError::invalid(unknown.clone(), format!("unknown parameter; use {}", OBSERVATION_FILTERS.join(", "))));
+    }
+    let value = |key: &str| query.get(key).map(String::as_str);
+    Ok(ObservationQuery::parse(value("from"), value("to"), value("limit"))?)
+}
+
+/// The vital signs recorded for the patient on their way in (the latest `limit` measured in
+/// `[from, to)`), oldest first, for those who may read the patient's record; audited.
+async fn observations(
+    state: web::Data<AppState>,
+    caller: Authenticated,
+    path: web::Path<String>,
+    query: web::Query<HashMap<String, String>>,
+) -> Result<HttpResponse, ApiError> {
+    let id = path_id(&path, "patient")?;
+    require(&state, &caller, RECORD_READERS, "read patient records", "observations.read", Some(id)).await?;
+    let parsed = observation_query(&query)?;
+    let page = medhub_actors::observations::for_patient(&state.pool, &caller.0, id, &parsed).await?;
+    Ok(HttpResponse::Ok()
+        .insert_header(("Cache-Control", "no-store"))
+        .json(json!({"patient_id": id, "from": parsed.from, "to": parsed.to, "observations": page.observations, "more": page.more})))
 }
 
 const SEARCH_FILTERS: &[&str] = &["q", "mrn", "phone"];
