@@ -1,7 +1,9 @@
 // The console's shell: the sign-in page, then the frame every page sits in (navigation by role,
 // the signed-in user, the live connection's status, sign out) and the hash router (#/beds,
 // #/map, #/schedule, #/book, #/stock, #/dispense, #/my, #/audit) that mounts one page at a time into it.
-// Pages live in their own modules.
+// Pages live in their own modules. Some pages take the rest of the address as parameters and are
+// reached from other pages rather than the navigation: #/consult/{appointment_id} (or
+// #/consult/session/{session_id}), the video consult room.
 
 import * as api from './api.js';
 import { LiveConnection } from './live.js';
@@ -13,10 +15,12 @@ import { mountAudit } from './audit.js';
 import { mountStock } from './stock.js';
 import { mountDispensing } from './dispensing.js';
 import { mountMap } from './map.js';
+import { mountConsult } from './consult.js';
 import { h, replaceChildren } from './dom.js';
 
 // The appointment pages' styles live in their own sheet (same origin, so the CSP allows it).
 document.head.append(h('link', { rel: 'stylesheet', href: '/console/appointments.css' }));
+document.head.append(h('link', { rel: 'stylesheet', href: '/console/consult.css' }));
 
 const ROLE_LABELS = {
   admin: 'Admin', dispatcher: 'Dispatcher', doctor: 'Doctor', nurse: 'Nurse', pharmacist: 'Pharmacist', patient: 'Patient',
@@ -24,7 +28,9 @@ const ROLE_LABELS = {
 
 /**
  * Pages, in navigation order. A role sees the pages that list it; its first page is its home,
- * unless a page names the role in `homeFor` (that page then comes first for it).
+ * unless a page names the role in `homeFor` (that page then comes first for it). A `hidden` page
+ * is left out of the navigation and is never a home; a page with `params` keeps the rest of its
+ * address (`#/consult/...`) and gets it as `params` (the parts after its id).
  */
 const PAGES = [
   { id: 'beds', title: 'Bed board', roles: ['admin', 'nurse', 'doctor', 'dispatcher'], live: true, mount: mountBedBoard },
@@ -36,6 +42,8 @@ const PAGES = [
   { id: 'dispense', title: 'Dispensing', roles: ['pharmacist'], live: true, mount: mountDispensing },
   { id: 'my', title: 'My appointments', roles: ['patient'], live: true, mount: mountMyAppointments },
   { id: 'audit', title: 'Audit trail', roles: ['admin'], mount: mountAudit },
+  // Any member of a consult: its doctor, its patient, and staff of any role the doctor invited.
+  { id: 'consult', title: 'Video consult', roles: Object.keys(ROLE_LABELS), live: true, hidden: true, params: true, mount: mountConsult },
 ];
 
 const app = document.getElementById('app');
@@ -47,7 +55,9 @@ let shell = null;
 function pagesFor(role) {
   const pages = PAGES.filter((page) => page.roles.includes(role));
   const home = pages.filter((page) => page.homeFor?.includes(role));
-  return [...home, ...pages.filter((page) => !home.includes(page))];
+  const rest = pages.filter((page) => !home.includes(page));
+  // Hidden pages go last, so the first page is always a navigable home.
+  return [...home, ...rest.filter((page) => !page.hidden), ...rest.filter((page) => page.hidden)];
 }
 
 /** Tells screen-reader users about something that happened outside their focus. */
@@ -156,7 +166,7 @@ function showShell(user) {
           signOut)),
       content)));
 
-  shell = { user, live, content, nav, connection, unmount: null, page: null, stopStatus: null };
+  shell = { user, live, content, nav, connection, unmount: null, page: null, address: null, stopStatus: null };
   renderUser(user);
   shell.stopStatus = live.onStatus(renderConnection);
   route({ focus: false });
@@ -169,7 +179,7 @@ function renderUser(user) {
   root.querySelector('.user__name').title = user.email;
   root.querySelector('.role-tag').textContent = ROLE_LABELS[user.role] || user.role;
   root.querySelector('.topbar__tenant').textContent = user.tenant?.name || user.tenant?.slug || '';
-  replaceChildren(shell.nav, pagesFor(user.role).map((page) => h('li', {},
+  replaceChildren(shell.nav, pagesFor(user.role).filter((page) => !page.hidden).map((page) => h('li', {},
     h('a', { href: `#/${page.id}`, class: 'nav__link', dataset: { page: page.id } }, page.title))));
   markCurrentNav();
 }
@@ -218,18 +228,30 @@ function route({ focus = true } = {}) {
     replaceChildren(shell.content, h('p', { class: 'placeholder' }, 'Your role has no pages in this console.'));
     return;
   }
-  if (location.hash !== `#/${page.id}`) {
+  const keepsAddress = page === wanted && page.params && location.hash.startsWith(`#/${page.id}/`);
+  const address = keepsAddress ? location.hash : `#/${page.id}`;
+  if (location.hash !== address) {
     // Fix the address without a history entry; the hashchange it fires finds the page mounted.
-    history.replaceState(null, '', `#/${page.id}`);
+    history.replaceState(null, '', address);
   }
-  if (shell.page === page) return;
+  if (shell.page === page && shell.address === address) return;
   if (shell.unmount) shell.unmount();
   shell.page = page;
+  shell.address = address;
+  const params = address.slice(`#/${page.id}`.length).split('/').filter(Boolean).map(decodePart);
   markCurrentNav();
   shell.connection.hidden = !page.live && shell.live.status === 'idle';
   document.title = `${page.title} · medhub`;
-  shell.unmount = page.mount(shell.content, { user: shell.user, live: shell.live, announce }) || null;
+  shell.unmount = page.mount(shell.content, { user: shell.user, live: shell.live, announce, params }) || null;
   if (focus) shell.content.querySelector('#page-title')?.focus();
+}
+
+function decodePart(part) {
+  try {
+    return decodeURIComponent(part);
+  } catch {
+    return part; // a malformed escape: the page says it does not know the address
+  }
 }
 
 window.addEventListener('hashchange', () => {

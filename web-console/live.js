@@ -5,6 +5,12 @@
 // restart) it resubscribes with `since` and the view receives exactly the events it missed, or a
 // fresh snapshot when the hub has no longer got them. Reconnects back off exponentially (capped);
 // the access token is renewed before it expires and sent again on the open connection.
+//
+// Consult rooms (video consults) talk over the same socket: a view that joins a room registers a
+// room handler for its topic (`onRoom`) and sends `join`, `signal`, `mute` and `leave` with
+// `send`; the handler receives the hub's `joined`, `signal`, `muted`, `left` and the `error`s
+// naming that topic. Rooms are not rejoined here: the hub drops a connection's rooms when it
+// closes, so the view rejoins (with a new peer connection) when the status is `connected` again.
 
 import { ApiError, freshAccessToken, refresh } from './api.js';
 
@@ -43,6 +49,8 @@ export class LiveConnection {
     /** "idle" | "connecting" | "connected" | "reconnecting" | "closed" */
     this.status = 'idle';
     this.subscriptions = new Map();
+    /** topic → the handler of a consult room's signaling (see `onRoom`) */
+    this.roomHandlers = new Map();
     this.statusListeners = new Set();
     this.attempt = 0;
     this.reconnectTimer = null;
@@ -97,6 +105,19 @@ export class LiveConnection {
     if (this.authenticated) this.send({ type: 'unsubscribe', topic: subscription.topic });
   }
 
+  /**
+   * Receives a consult room's signaling for `topic` (`joined`, `signal`, `muted`, `left`, and the
+   * `error`s naming the topic, which its subscription, if any, also receives); returns a function
+   * that stops it. Messages go out with `send`.
+   */
+  onRoom(topic, handler) {
+    this.roomHandlers.set(topic, handler);
+    this.start();
+    return () => {
+      if (this.roomHandlers.get(topic) === handler) this.roomHandlers.delete(topic);
+    };
+  }
+
   /** Asks for a fresh snapshot of `topic` (when a view finds its state inconsistent). */
   resync(topic) {
     const subscription = this.subscriptions.get(topic);
@@ -122,6 +143,7 @@ export class LiveConnection {
     document.removeEventListener('visibilitychange', this.onOnline);
     for (const subscription of this.subscriptions.values()) clearTimeout(subscription.retryTimer);
     this.subscriptions.clear();
+    this.roomHandlers.clear();
     this.clearTimers();
     if (this.socket) {
       const socket = this.socket;
@@ -260,6 +282,12 @@ export class LiveConnection {
         return this.onError(message);
       case 'snapshot':
         return this.deliverSnapshot(message);
+      case 'joined':
+      case 'signal':
+      case 'muted':
+      case 'left':
+        this.roomHandlers.get(message.topic)?.(message);
+        return undefined;
       case 'live':
         // Live-only telemetry gathered over a tick: the latest update per unit, each an event
         // envelope with seq 0.
@@ -321,6 +349,8 @@ export class LiveConnection {
 
   onError(message) {
     const subscription = message.topic ? this.subscriptions.get(message.topic) : null;
+    const room = message.topic ? this.roomHandlers.get(message.topic) : null;
+    if (room) room(message);
     switch (message.error) {
       case 'too_slow':
       case 'resubscribe':
@@ -352,7 +382,7 @@ export class LiveConnection {
     if (subscription) {
       if (message.error === 'forbidden' || message.error === 'unknown_topic') subscription.refused = true;
       subscription.onMessage(message);
-    } else {
+    } else if (!room) {
       console.warn(`medhub live: ${message.error}: ${message.detail || ''}`);
     }
   }

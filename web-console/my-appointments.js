@@ -5,7 +5,8 @@
 // The feed's snapshot lists the active appointments without names; after it the page reads
 // `GET /api/appointments` (which, for a patient, returns only their own) for the rest: finished
 // and cancelled ones still to come, and doctors' names. Doctors' facilities and time zones come
-// from `GET /api/doctors`. Events update a card in place; a reminder is shown at the top.
+// from `GET /api/doctors`. Events update a card in place; a reminder is shown at the top. An
+// active video appointment links to its consult room (`#/consult/{appointment_id}`, consult.js).
 //
 // For automated tests: every card carries `data-appointment-id` and `data-status`.
 
@@ -172,6 +173,12 @@ export function mountMyAppointments(container, { user, live, announce }) {
         onclick: () => openCancel(appointment.id),
       }, 'Cancel')
       : null;
+    const join = appointment.kind === 'video' && isActive(appointment)
+      ? h('a', {
+        href: `#/consult/${appointment.id}`, class: 'button button--small button--primary', dataset: { action: 'consult' },
+        'aria-label': `Join the video consult with ${doctorName}, ${relativeDay(dayText, zone)} ${clock(appointment.start, zone)}`,
+      }, 'Join video consult')
+      : null;
     return h('li', { class: ['my-card', 'card', isActive(appointment) ? null : 'appt--inactive'], tabindex: '-1', dataset: { appointmentId: appointment.id, status: appointment.status } },
       h('div', { class: 'my-card__when' },
         h('span', { class: 'my-card__day' }, relativeDay(dayText, zone)),
@@ -183,7 +190,7 @@ export function mountMyAppointments(container, { user, live, announce }) {
         h('span', { class: 'muted' }, [KIND_LABELS[appointment.kind] || appointment.kind, appointment.reason].filter(Boolean).join(' · ')),
         appointment.status === 'cancelled' && appointment.cancel_reason ? h('span', { class: 'muted' }, `Cancelled: ${appointment.cancel_reason}`) : null,
 ),
-      h('div', { class: 'my-card__status' }, appointmentStatusBadge(appointment.status), cancel));
+      h('div', { class: 'my-card__status' }, appointmentStatusBadge(appointment.status), join, cancel));
   }
 
   function openCancel(id) {

@@ -2,7 +2,8 @@
 // facility, in time order and on the facility's clock, with each patient's name and the
 // appointment's status, and the next step for it (check in, no-show, complete, cancel with a
 // reason) for the roles the hub allows. A doctor sees their own day; nurses and admins pick the
-// doctor. Previous day, next day, today, or any date.
+// doctor. Previous day, next day, today, or any date. A doctor's active video appointments link
+// to their consult room (`#/consult/{appointment_id}`, consult.js).
 //
 // Live: the page watches `tenant/{slug}/schedule/{doctor}`. After its snapshot the day is read
 // through `GET /api/appointments` (the only source of patient names, and of finished appointments,
@@ -410,7 +411,14 @@ export function mountSchedule(container, { user, live, announce }) {
       onclick: extra.onclick || (() => advance(appointment.id, action)),
     }, busy === action ? ACTIONS[action]?.busy || '…' : extra.label || ACTIONS[action].label);
     const buttons = [];
-    if (appointment.status === 'booked') buttons.push(button('check-in', { primary: true }));
+    // Only the appointment's own doctor opens its consult: the doctor looking at their own day.
+    if (!picksDoctor && appointment.kind === 'video') {
+      buttons.push(h('a', {
+        href: `#/consult/${appointment.id}`, class: 'button button--small button--primary', dataset: { action: 'consult' },
+        'aria-label': `Join video consult: ${who}, ${clock(appointment.start, doctor.timezone)}`,
+      }, 'Join video consult'));
+    }
+    if (appointment.status === 'booked') buttons.push(button('check-in', { primary: !buttons.length }));
     if (COMPLETERS.includes(user.role)) buttons.push(button('complete', { primary: appointment.status === 'checked_in' }));
     // The hub accepts a no-show only once the appointment has started.
     if (appointment.status === 'booked' && started) buttons.push(button('no-show'));

@@ -12,6 +12,7 @@
 pub mod ambulance;
 pub mod audit;
 pub mod billing;
+pub mod consult;
 pub mod devices;
 pub mod dispatch;
 pub mod domain;

@@ -15,11 +15,12 @@ use crate::facility::FacilityActor;
 use crate::metrics::ActorMetrics;
 use crate::schedule::DoctorScheduleActor;
 use crate::ambulance::{AmbulanceActor, TrackWriter};
+use crate::consult::{ConsultConfig, VideoSessionActor};
 use crate::dispatch::{CommandsSlot, DispatchActor, DispatchConfig};
 use crate::inventory::InventoryBatchActor;
 use crate::live::LiveFeed;
 use crate::pharmacy::PrescriptionLocks;
-use crate::tenant::{AmbulanceAddr, BatchAddr, DispatchAddr, FacilityAddr, ScheduleAddr, TenantSupervisor};
+use crate::tenant::{AmbulanceAddr, BatchAddr, ConsultAddr, DispatchAddr, FacilityAddr, ScheduleAddr, TenantSupervisor};
 
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
@@ -37,6 +38,8 @@ pub struct Services {
     pub dispatch: DispatchConfig,
     /// Set once the device gateway runs.
     pub commands: CommandsSlot,
+    /// How video consults treat connections that drop.
+    pub consult: ConsultConfig,
 }
 
 pub struct ActorRuntime {
@@ -102,6 +105,11 @@ impl ActorRuntime {
     /// The actor of an ambulance unit of this tenant; `NotFound` for another tenant's unit.
     pub async fn ambulance(&self, tenant_id: Uuid, tenant: &TenantSlug, unit_id: Uuid) -> Result<Addr<AmbulanceActor>, ActorError> {
         self.tenant(tenant_id, tenant)?.send(AmbulanceAddr(unit_id)).await?
+    }
+
+    /// The actor of a video consult of this tenant; `NotFound` for another tenant's consult.
+    pub async fn consult(&self, tenant_id: Uuid, tenant: &TenantSlug, session_id: Uuid) -> Result<Addr<VideoSessionActor>, ActorError> {
+        self.tenant(tenant_id, tenant)?.send(ConsultAddr(session_id)).await?
     }
 
     /// The tenant's dispatch actor (incidents and which unit serves them).

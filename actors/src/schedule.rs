@@ -1126,6 +1126,32 @@ impl Handler<Advance> for DoctorScheduleActor {
     }
 }
 
+/// Completes an active (booked or checked-in) appointment with what the visit produced, carried
+/// in the `appointment.completed` event as `outcome` (a video consult names its session here).
+/// An appointment that is no longer active is a conflict: the caller decides what that means.
+#[derive(Message)]
+#[rtype(result = "Result<AppointmentChanged, ActorError>")]
+pub struct CompleteAppointment {
+    pub caller: Caller,
+    pub appointment_id: Uuid,
+    pub outcome: Value,
+}
+
+impl Handler<CompleteAppointment> for DoctorScheduleActor {
+    type Result = Reply<Self, AppointmentChanged>;
+
+    fn handle(&mut self, msg: CompleteAppointment, _ctx: &mut Context<Self>) -> Self::Result {
+        let planned = (|| {
+            let schedule = self.current()?;
+            let mut appointment = self.active(schedule, msg.appointment_id)?;
+            appointment.status = AppointmentStatus::Completed;
+            appointment.updated_at = Utc::now().trunc_subsecs(6);
+            self.plan_appointment(schedule, Some(&msg.caller), APPOINTMENT_COMPLETED, appointment, json!({"outcome": msg.outcome}), None)
+        })();
+        self.run_appointment_plan(planned, msg.appointment_id)
+    }
+}
+
 /// Sends the reminder of a booked appointment (once), from the reminder sweep.
 #[derive(Message)]
 #[rtype(result = "Result<Option<i64>, ActorError>")]

@@ -3,7 +3,8 @@
 //! restarted in place (same address, same mailbox) and recovers its committed state.
 //!
 //! Children: a `FacilityActor` per facility, a `DoctorScheduleActor` per doctor and an
-//! `InventoryBatchActor` per medication batch and an `AmbulanceActor` per unit. Looking one up
+//! `InventoryBatchActor` per medication batch, an `AmbulanceActor` per unit and a
+//! `VideoSessionActor` per video consult. Looking one up
 //! is atomic, so two first requests for one key can never start two writers.
 
 use std::collections::HashMap;
@@ -19,6 +20,7 @@ use crate::error::ActorError;
 use crate::facility::{self, Facility, FacilityActor, NewFacility};
 use crate::metrics::ActorMetrics;
 use crate::ambulance::{self, AmbulanceActor, Unit};
+use crate::consult::{self, Consult, Opened, VideoSessionActor};
 use crate::dispatch::DispatchActor;
 use crate::durable::Core;
 use crate::inventory::{self, Batch, InventoryBatchActor, NewBatch};
@@ -35,6 +37,9 @@ pub struct TenantSupervisor {
     schedules: HashMap<Uuid, Addr<DoctorScheduleActor>>,
     batches: HashMap<Uuid, Addr<InventoryBatchActor>>,
     ambulances: HashMap<Uuid, Addr<AmbulanceActor>>,
+    consults: HashMap<Uuid, Addr<VideoSessionActor>>,
+    /// The supervisor's own address (children that ask it for their siblings hold it).
+    me: Option<Addr<TenantSupervisor>>,
     /// Started with the supervisor: one per tenant.
     dispatch: Option<Addr<DispatchActor>>,
     services: Services,
@@ -120,6 +125,25 @@ impl Child for AmbulanceActor {
     }
 }
 
+impl Child for VideoSessionActor {
+    type State = Consult;
+    const NAME: &'static str = "consult";
+    fn recover(pool: PgPool, tenant_id: Uuid, id: Uuid) -> impl Future<Output = Result<Option<Consult>, ActorError>> + 'static {
+        async move { consult::recover(&pool, tenant_id, id).await }
+    }
+    fn build(s: &TenantSupervisor, state: Consult) -> Self {
+        let core = Core::new(s.tenant_id, s.tenant.clone(), state.id, state, s.pool.clone(), s.snapshot_every, s.metrics.clone());
+        let supervisor = s.me.clone().expect("the supervisor knows its address once started");
+        VideoSessionActor::new(core, supervisor, s.services.consult)
+    }
+    fn id(state: &Consult) -> Uuid {
+        state.id
+    }
+    fn registry(s: &mut TenantSupervisor) -> &mut HashMap<Uuid, Addr<Self>> {
+        &mut s.consults
+    }
+}
+
 impl TenantSupervisor {
     pub(crate) fn new(tenant_id: Uuid, tenant: TenantSlug, pool: PgPool, snapshot_every: i64, metrics: ActorMetrics, services: Services) -> Self {
         TenantSupervisor {
@@ -132,6 +156,8 @@ impl TenantSupervisor {
             schedules: HashMap::new(),
             batches: HashMap::new(),
             ambulances: HashMap::new(),
+            consults: HashMap::new(),
+            me: None,
             dispatch: None,
             services,
         }
@@ -166,6 +192,7 @@ impl Actor for TenantSupervisor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         info!(tenant = %self.tenant, actor = "tenant", "tenant supervisor started");
+        self.me = Some(ctx.address());
         if self.dispatch.is_none() {
             let (tenant_id, tenant, pool, metrics, services, me) =
                 (self.tenant_id, self.tenant.clone(), self.pool.clone(), self.metrics.clone(), self.services.clone(), ctx.address());
@@ -356,5 +383,49 @@ impl Handler<DispatchAddr> for TenantSupervisor {
 
     fn handle(&mut self, _msg: DispatchAddr, _ctx: &mut Context<Self>) -> Self::Result {
         MessageResult(self.dispatch.clone().expect("the dispatch actor starts with the supervisor"))
+    }
+}
+
+/// The address of a video consult's actor, starting (and recovering) it on first use.
+#[derive(Message)]
+#[rtype(result = "Result<Addr<VideoSessionActor>, ActorError>")]
+pub struct ConsultAddr(pub Uuid);
+
+impl Handler<ConsultAddr> for TenantSupervisor {
+    type Result = AtomicResponse<Self, Result<Addr<VideoSessionActor>, ActorError>>;
+
+    fn handle(&mut self, ConsultAddr(id): ConsultAddr, _ctx: &mut Context<Self>) -> Self::Result {
+        self.child::<VideoSessionActor>(id)
+    }
+}
+
+/// Opens the video consult of an appointment (its doctor only) and starts its actor; the
+/// appointment's existing consult when it was opened before.
+#[derive(Message)]
+#[rtype(result = "Result<Opened, ActorError>")]
+pub struct OpenConsult {
+    pub caller: Caller,
+    pub appointment_id: Uuid,
+}
+
+impl Handler<OpenConsult> for TenantSupervisor {
+    type Result = ResponseActFuture<Self, Result<Opened, ActorError>>;
+
+    fn handle(&mut self, msg: OpenConsult, _ctx: &mut Context<Self>) -> Self::Result {
+        let (pool, tenant_id, tenant, every, metrics) =
+            (self.pool.clone(), self.tenant_id, self.tenant.clone(), self.snapshot_every, self.metrics.clone());
+        let span = info_span!("command", tenant = %self.tenant, actor = "tenant", command = "open_consult");
+        Box::pin(
+            async move { consult::open(&pool, tenant_id, &tenant, &msg.caller, msg.appointment_id, every, &metrics).await }
+                .instrument(span)
+                .into_actor(self)
+                .map(|opened, supervisor, _ctx| {
+                    let opened = opened?;
+                    if let Opened::Created(consult) = &opened {
+                        supervisor.start_child::<VideoSessionActor>(Consult::clone(consult));
+                    }
+                    Ok(opened)
+                }),
+        )
     }
 }

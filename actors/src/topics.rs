@@ -33,6 +33,12 @@ pub fn stock_topic(tenant: &TenantSlug, pharmacy_id: Uuid) -> String {
     format!("tenant/{tenant}/stock/{pharmacy_id}")
 }
 
+/// A video consult's room: its state, participants and chat (and, over the WebSocket, its
+/// media signaling).
+pub fn consult_topic(tenant: &TenantSlug, session_id: Uuid) -> String {
+    format!("tenant/{tenant}/consult/{session_id}")
+}
+
 /// A user's own feed: what concerns them personally (a patient's appointments, later their
 /// prescriptions).
 pub fn user_topic(tenant: &TenantSlug, user_id: Uuid) -> String {
@@ -54,6 +60,8 @@ pub enum Topic {
     Map { tenant: TenantSlug },
     /// `tenant/{t}/facility/{id}/arrivals`: pre-arrival alerts for patients on their way in.
     Arrivals { tenant: TenantSlug, facility_id: Uuid },
+    /// `tenant/{t}/consult/{session}`: one video consult (its doctor, patient and guests only).
+    Consult { tenant: TenantSlug, session_id: Uuid },
 }
 
 /// Why a subscription was refused, as told to the client.
@@ -82,6 +90,7 @@ impl Topic {
             ["tenant", slug, "schedule", doctor] => Ok(Topic::Schedule { tenant: tenant(slug)?, doctor_id: id(doctor)? }),
             ["tenant", slug, "user", user] => Ok(Topic::User { tenant: tenant(slug)?, user_id: id(user)? }),
             ["tenant", slug, "stock", pharmacy] => Ok(Topic::Stock { tenant: tenant(slug)?, pharmacy_id: id(pharmacy)? }),
+            ["tenant", slug, "consult", session] => Ok(Topic::Consult { tenant: tenant(slug)?, session_id: id(session)? }),
             _ => Err(unknown()),
         }
     }
@@ -94,12 +103,13 @@ impl Topic {
             Topic::Stock { tenant, pharmacy_id } => stock_topic(tenant, *pharmacy_id),
             Topic::Map { tenant } => map_topic(tenant),
             Topic::Arrivals { tenant, facility_id } => arrivals_topic(tenant, *facility_id),
+            Topic::Consult { tenant, session_id } => consult_topic(tenant, *session_id),
         }
     }
 
     fn tenant(&self) -> &TenantSlug {
         match self {
-            Topic::Beds { tenant } | Topic::Schedule { tenant, .. } | Topic::User { tenant, .. } | Topic::Stock { tenant, .. } | Topic::Map { tenant } | Topic::Arrivals { tenant, .. } => tenant,
+            Topic::Beds { tenant } | Topic::Schedule { tenant, .. } | Topic::User { tenant, .. } | Topic::Stock { tenant, .. } | Topic::Map { tenant } | Topic::Arrivals { tenant, .. } | Topic::Consult { tenant, .. } => tenant,
         }
     }
 
@@ -116,11 +126,32 @@ impl Topic {
             Topic::Stock { .. } => principal.has_role(STOCK_WATCHERS),
             Topic::Map { .. } => principal.has_role(MAP_WATCHERS),
             Topic::Arrivals { .. } => principal.has_role(SCHEDULE_WATCHERS),
+            // Membership needs the database: see `authorize_member`.
+            Topic::Consult { .. } => true,
         };
         if allowed {
             Ok(())
         } else {
             Err(Refusal { error: "forbidden", detail: format!("{} {} may not watch {}", principal.role, principal.user_id, self.name()) })
+        }
+    }
+
+    /// [`Topic::authorize`], then what only the database can tell: whether the principal is a
+    /// member of the consult (its doctor, its patient or an invited guest). Every subscribe and
+    /// every media join goes through here.
+    pub async fn authorize_member(&self, pool: &PgPool, principal: &Principal) -> Result<(), Refusal> {
+        self.authorize(principal)?;
+        let Topic::Consult { session_id, .. } = self else { return Ok(()) };
+        match crate::consult::member_role(pool, principal.tenant_id, *session_id, principal.user_id).await {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(Refusal {
+                error: "forbidden",
+                detail: format!("only the consult's doctor, its patient and invited guests may join {}", self.name()),
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, topic = %self.name(), "cannot check consult membership");
+                Err(Refusal { error: "unavailable", detail: "the hub cannot check this consult right now; retry".to_owned() })
+            }
         }
     }
 
@@ -155,6 +186,7 @@ impl Topic {
                 let board = crate::pharmacy::stock_board(pool, principal.tenant_id, *pharmacy_id, &self.name()).await?;
                 Ok((board.seq, json!(board)))
             }
+            Topic::Consult { session_id, .. } => crate::consult::topic_snapshot(pool, principal.tenant_id, &self.name(), *session_id).await,
         }
     }
 }
@@ -194,6 +226,16 @@ mod tests {
         assert!(mine.authorize(&me).is_ok());
         assert!(mine.authorize(&principal("alpha", Role::Admin)).is_err());
         assert_eq!(Topic::parse("tenant/alpha/schedule/not-a-uuid").unwrap_err().error, "unknown_topic");
+    }
+
+    #[test]
+    fn consult_topics_name_a_session_of_the_own_tenant() {
+        let session = Uuid::new_v4();
+        let topic = Topic::parse(&format!("tenant/alpha/consult/{session}")).unwrap();
+        assert_eq!(topic, Topic::Consult { tenant: TenantSlug::parse("alpha").unwrap(), session_id: session });
+        assert_eq!(topic.name(), format!("tenant/alpha/consult/{session}"));
+        assert_eq!(topic.authorize(&principal("beta", Role::Doctor)).unwrap_err().error, "forbidden");
+        assert_eq!(Topic::parse("tenant/alpha/consult/nope").unwrap_err().error, "unknown_topic");
     }
 
     #[test]

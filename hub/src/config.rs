@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use medhub_device_gateway::{Broker, GatewayConfig, DEFAULT_MAX_PACKET_BYTES};
+use medhub_media::MediaConfig;
 use serde::Deserialize;
 
 /// Options shared by every command. Each field is optional here; [`Settings`] holds the resolved
@@ -136,6 +137,24 @@ pub struct ConfigArgs {
     #[arg(long, env = "MEDHUB_MQTT_MAX_PACKET_BYTES", global = true)]
     pub mqtt_max_packet_bytes: Option<usize>,
 
+    /// UDP ports the video consults' media may use, as "first-last" (e.g. "50000-50100"); open
+    /// them in the firewall [default: any free port].
+    #[arg(long, env = "MEDHUB_MEDIA_UDP_PORTS", global = true)]
+    pub media_udp_ports: Option<String>,
+
+    /// Public IP addresses to announce for consult media, comma-separated, when the hub is behind
+    /// a 1:1 NAT (e.g. a cloud VM's public address) [default: the host's own addresses].
+    #[arg(long, env = "MEDHUB_MEDIA_PUBLIC_IPS", global = true)]
+    pub media_public_ips: Option<String>,
+
+    /// Also offer loopback (127.0.0.1) media candidates, so consults work on one machine [default: true].
+    #[arg(long, env = "MEDHUB_MEDIA_LOOPBACK", global = true, num_args = 0..=1, default_missing_value = "true")]
+    pub media_loopback: Option<bool>,
+
+    /// Seconds a consult participant whose connection dropped shows as reconnecting before left [default: 30].
+    #[arg(long, env = "MEDHUB_CONSULT_RECONNECT_GRACE_SECS", global = true)]
+    pub consult_reconnect_grace_secs: Option<u64>,
+
     /// Seconds graceful shutdown waits for in-flight requests [default: 10].
     #[arg(long, env = "MEDHUB_SHUTDOWN_TIMEOUT_SECS", global = true)]
     pub shutdown_timeout_secs: Option<u64>,
@@ -189,6 +208,9 @@ pub struct Settings {
     pub arrival_geofence_m: f64,
     /// The device gateway: embedded endpoint or external broker, and the packet limit.
     pub mqtt: GatewayConfig,
+    /// The consults' media (SFU): UDP ports, addresses to announce, loopback.
+    pub media: MediaConfig,
+    pub consult_reconnect_grace: Duration,
     pub shutdown_timeout: Duration,
     pub log: String,
     pub log_format: LogFormat,
@@ -213,6 +235,7 @@ impl Settings {
             ws_queue_capacity, ws_heartbeat_secs, ws_client_timeout_secs, ws_session_check_secs, ws_replay_limit, reminder_lead_secs,
             reminder_sweep_secs, expiry_alert_days, expiry_sweep_secs, dispatch_ack_timeout_secs, dispatch_speed_kmh, arrival_geofence_m,
             mqtt_listen, mqtt_broker_url, mqtt_max_packet_bytes,
+            media_udp_ports, media_public_ips, media_loopback, consult_reconnect_grace_secs,
             shutdown_timeout_secs,
             log, log_format, enable_fault_injection);
 
@@ -271,6 +294,12 @@ impl Settings {
             dispatch_speed_kmh: in_range("dispatch_speed_kmh", dispatch_speed_kmh.unwrap_or(40.0), 5.0, 200.0)?,
             arrival_geofence_m: in_range("arrival_geofence_m", arrival_geofence_m.unwrap_or(150.0), 10.0, 5000.0)?,
             mqtt: GatewayConfig { broker, max_packet_bytes },
+            media: MediaConfig {
+                udp_ports: media_udp_ports.as_deref().map(parse_port_range).transpose()?,
+                public_ips: parse_ips(media_public_ips.as_deref().unwrap_or(""))?,
+                include_loopback: media_loopback.unwrap_or(true),
+            },
+            consult_reconnect_grace: Duration::from_secs(positive("consult_reconnect_grace_secs", consult_reconnect_grace_secs.unwrap_or(30))?),
             shutdown_timeout: Duration::from_secs(shutdown_timeout_secs.unwrap_or(10)),
             log: log.unwrap_or_else(|| "info".to_owned()),
             log_format,
@@ -301,6 +330,29 @@ fn parse_days(text: &str) -> anyhow::Result<Vec<i32>> {
     days.sort_unstable();
     days.dedup();
     Ok(days)
+}
+
+/// "50000-50100" → (50000, 50100): a non-empty range of UDP ports above 0.
+fn parse_port_range(text: &str) -> anyhow::Result<(u16, u16)> {
+    let bad = || anyhow::anyhow!("media_udp_ports is a range of UDP ports as \"first-last\" (e.g. \"50000-50100\"), not {text:?}");
+    let (first, last) = text.trim().split_once('-').ok_or_else(bad)?;
+    let (first, last): (u16, u16) = (first.trim().parse().map_err(|_| bad())?, last.trim().parse().map_err(|_| bad())?);
+    if first == 0 || last < first {
+        return Err(bad());
+    }
+    Ok((first, last))
+}
+
+/// "203.0.113.7, 2001:db8::7" → both, checked as IP addresses.
+fn parse_ips(text: &str) -> anyhow::Result<Vec<String>> {
+    let mut ips = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part.parse::<std::net::IpAddr>() {
+            Ok(ip) => ips.push(ip.to_string()),
+            Err(_) => bail!("media_public_ips are IP addresses, comma-separated (e.g. \"203.0.113.7\"), not {part:?}"),
+        }
+    }
+    Ok(ips)
 }
 
 fn read_file(path: &Path) -> anyhow::Result<ConfigArgs> {
@@ -351,6 +403,28 @@ mod tests {
         assert!(Settings::resolve(&cli).unwrap_err().to_string().contains("mqtt_broker_url"));
         let cli = ConfigArgs { mqtt_max_packet_bytes: Some(10), ..Default::default() };
         assert!(Settings::resolve(&cli).unwrap_err().to_string().contains("mqtt_max_packet_bytes"));
+    }
+
+    #[test]
+    fn media_runs_on_loopback_by_default_and_takes_a_port_range_and_public_addresses() {
+        let settings = Settings::resolve(&ConfigArgs::default()).unwrap();
+        assert!(settings.media.include_loopback);
+        assert_eq!(settings.media.udp_ports, None);
+        assert!(settings.media.public_ips.is_empty());
+        let cli = ConfigArgs {
+            media_udp_ports: Some("50000-50100".into()),
+            media_public_ips: Some("203.0.113.7, 2001:db8::7".into()),
+            ..Default::default()
+        };
+        let settings = Settings::resolve(&cli).unwrap();
+        assert_eq!(settings.media.udp_ports, Some((50000, 50100)));
+        assert_eq!(settings.media.public_ips, ["203.0.113.7", "2001:db8::7"]);
+        for bad in ["50100-50000", "50000", "0-10", "a-b"] {
+            let cli = ConfigArgs { media_udp_ports: Some(bad.into()), ..Default::default() };
+            assert!(Settings::resolve(&cli).unwrap_err().to_string().contains("media_udp_ports"), "{bad}");
+        }
+        let cli = ConfigArgs { media_public_ips: Some("example.org".into()), ..Default::default() };
+        assert!(Settings::resolve(&cli).unwrap_err().to_string().contains("media_public_ips"));
     }
 
     #[test]

@@ -14,6 +14,7 @@ macro_rules! console_files {
 console_files!(
     "index.html", "style.css", "appointments.css", "app.js", "api.js", "live.js", "beds.js", "audit.js", "dom.js",
     "appointments.js", "schedule.js", "booking.js", "my-appointments.js", "stock.js", "dispensing.js", "map.js",
+    "consult.js", "consult.css",
 );
 
 fn content_type(name: &str) -> &'static str {

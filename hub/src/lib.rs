@@ -6,6 +6,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod console;
+pub mod consult_signaling;
 pub mod device_sink;
 pub mod embedded_pg;
 pub mod seed;

@@ -3,8 +3,9 @@
 //! Start: database (the configured server, or the embedded cluster), migrations, token key, actor
 //! runtime, event broker, HTTP server. Shutdown (SIGINT or SIGTERM): stop accepting, tell WebSocket
 //! clients to reconnect elsewhere, let in-flight requests (and so in-flight commands) finish, stop the
-//! actors, close the pool, stop the embedded database. Nothing acknowledged is ever lost on the way:
-//! an acknowledgement is only sent after its commit.
+//! actors, write the GPS track points still queued, close the pool, stop the embedded database.
+//! Nothing acknowledged is ever lost on the way: an acknowledgement (vital signs from devices
+//! included) is only sent after its commit.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,12 +21,14 @@ use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::{oneshot, watch};
 use tracing::{error, info, warn};
 
+use medhub_actors::consult::ConsultConfig;
 use medhub_actors::metrics::ActorMetrics;
 use medhub_actors::ambulance::TrackWriter;
 use medhub_actors::dispatch::{CommandsSlot, DispatchConfig};
 use medhub_actors::runtime::{ActorRuntime, RuntimeConfig, Services};
 use medhub_actors::{reminders, MIGRATOR};
 use medhub_device_gateway::Gateway;
+use medhub_media::Sfu;
 use medhub_realtime::metrics::RealtimeMetrics;
 use medhub_realtime::{ws_endpoint, Broker, Realtime, RealtimeConfig};
 
@@ -34,6 +37,7 @@ use crate::api::error::ApiError;
 use crate::auth::{self, AuthService, WsAuthenticator};
 use crate::config::Settings;
 use crate::console;
+use crate::consult_signaling::{ConsultMetrics, ConsultRooms};
 use crate::device_sink::ActorSink;
 use crate::embedded_pg::EmbeddedPostgres;
 use crate::seed;
@@ -46,6 +50,8 @@ pub struct AppState {
     pub runtime: Arc<ActorRuntime>,
     pub registry: Registry,
     pub http_metrics: HttpMetrics,
+    /// Video consults' media rooms (the SFU and who holds which peer).
+    pub consult_rooms: ConsultRooms,
 }
 
 /// How long a request may wait for a database connection before it is answered 503.
@@ -137,6 +143,16 @@ pub async fn serve(settings: Settings, demo: bool, ready: Option<oneshot::Sender
     let actor_metrics = ActorMetrics::register(&registry)?;
     let realtime_metrics = RealtimeMetrics::register(&registry)?;
     let http_metrics = HttpMetrics::register(&registry)?;
+    let consult_metrics = ConsultMetrics::register(&registry)?;
+    // Consult media: without it (its UDP sockets could not be opened) the hub still serves
+    // everything else, and consult joins are answered `unavailable`.
+    let sfu = match Sfu::new(settings.media.clone(), &registry) {
+        Ok(sfu) => Some(sfu),
+        Err(e) => {
+            error!(error = %e, "consult media (SFU) unavailable: video consults cannot carry media on this hub");
+            None
+        }
+    };
 
     let signing_key = auth::signing_key(&pool, settings.jwt_secret.as_deref()).await?;
     let auth = Arc::new(AuthService::new(pool.clone(), &signing_key, settings.access_token_ttl, settings.refresh_token_ttl));
@@ -150,15 +166,17 @@ pub async fn serve(settings: Settings, demo: bool, ready: Option<oneshot::Sender
         actor_metrics,
         Services {
             live: broker.clone(),
-            track,
+            track: track.clone(),
             dispatch: DispatchConfig {
                 ack_timeout: settings.dispatch_ack_timeout,
                 speed_kmh: settings.dispatch_speed_kmh,
                 geofence_m: settings.arrival_geofence_m,
             },
             commands: commands.clone(),
+            consult: ConsultConfig { reconnect_grace: settings.consult_reconnect_grace },
         },
     );
+    let consult_rooms = ConsultRooms::new(runtime.clone(), pool.clone(), sfu, consult_metrics);
 
     let demo_users = if demo { Some(seed::seed_demo(&pool, &runtime).await?) } else { None };
 
@@ -177,7 +195,14 @@ pub async fn serve(settings: Settings, demo: bool, ready: Option<oneshot::Sender
     commands.set(Arc::new(gateway.handle()));
     let devices = web::Data::new(gateway.handle());
 
-    let state = web::Data::new(AppState { pool: pool.clone(), auth: auth.clone(), runtime: runtime.clone(), registry, http_metrics });
+    let state = web::Data::new(AppState {
+        pool: pool.clone(),
+        auth: auth.clone(),
+        runtime: runtime.clone(),
+        registry,
+        http_metrics,
+        consult_rooms: consult_rooms.clone(),
+    });
     let realtime = web::Data::new(Realtime {
         broker,
         pool: pool.clone(),
@@ -193,6 +218,7 @@ pub async fn serve(settings: Settings, demo: bool, ready: Option<oneshot::Sender
         },
         metrics: realtime_metrics,
         shutdown: shutdown_rx,
+        signaling: Some(Arc::new(consult_rooms)),
     });
     if settings.fault_injection {
         warn!("fault injection is ENABLED: admins can crash actors on purpose; never run production like this");
@@ -256,6 +282,9 @@ pub async fn serve(settings: Settings, demo: bool, ready: Option<oneshot::Sender
     let _ = expiry_task.await;
     let runtime_to_stop = runtime.clone();
     tokio::task::spawn_blocking(move || runtime_to_stop.shutdown()).await?;
+    // Track points still queued (a fix is acknowledged when the unit's actor takes it) are
+    // written before the pool closes.
+    track.close().await;
     let _ = broker_task.await;
     actor_pool.close().await;
     database.close().await;
@@ -319,6 +348,7 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 }
 
 async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    state.consult_rooms.metrics().refresh(&state.pool).await;
     let mut buffer = Vec::new();
     match TextEncoder::new().encode(&state.registry.gather(), &mut buffer) {
         Ok(()) => HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(buffer),

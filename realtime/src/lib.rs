@@ -5,11 +5,15 @@
 //! [`medhub_actors::store::EVENTS_CHANNEL`], which PostgreSQL delivers after commit and in commit
 //! order. The [`broker::Broker`] listens, fans each event out to bounded per-connection queues, and
 //! never waits for a client; [`session`] runs one WebSocket connection (auth, subscribe with
-//! catch-up from the event log, heartbeats, the too-slow cut-off).
+//! catch-up from the event log, heartbeats, the too-slow cut-off, and the relay of consult media
+//! signaling to the hub's [`session::ConsultSignaling`]).
 
 pub mod broker;
 pub mod metrics;
 pub mod session;
 
 pub use broker::Broker;
-pub use session::{ws_endpoint, Authenticated, Authenticator, Realtime, RealtimeConfig};
+pub use session::{
+    ws_endpoint, Authenticated, Authenticator, ConsultSignaling, JoinedRoom, Realtime, RealtimeConfig, SignalOutbox, SignalingPeer,
+    SignalingRefusal,
+};

@@ -1,14 +1,22 @@
-//! One WebSocket connection at `GET /ws`: authenticate, subscribe, receive, stay alive.
+//! One WebSocket connection at `GET /ws`: authenticate, subscribe, receive, stay alive, and carry
+//! the media signaling of video consults.
 //!
 //! Protocol (JSON text frames; see docs/api.md):
-//! client → `auth {token}`, `subscribe {topic, since?}`, `unsubscribe {topic}`, `ping`;
+//! client → `auth {token}`, `subscribe {topic, since?}`, `unsubscribe {topic}`, `ping`, and on a
+//! consult topic `join {topic}`, `signal {topic, kind: answer|candidate, sdp?, candidate?}`,
+//! `mute {topic, audio, video}`, `leave {topic}`;
 //! server → `ready`, `subscribed`, `snapshot`, event envelopes `{type, topic, seq, ts, data}`,
-//! `unsubscribed`, `pong`, `error {error, topic?, detail}`.
+//! `unsubscribed`, `pong`, `joined`, `signal {topic, kind: offer|candidate|state, ...}`, `muted`,
+//! `left`, `error {error, topic?, detail}`.
 //!
-//! Every subscribe is checked against the caller's tenant and role ([`Topic::authorize`]). A
-//! subscription starts with a snapshot, or with exactly the events after `since` read from the
-//! event log; live events are then delivered strictly in seq order: duplicates are dropped and a
-//! gap is filled from the log before the event after it is sent.
+//! Signaling stays generic here: a [`ConsultSignaling`] (the hub's) decides who may join, talks to
+//! the media side and hands back a [`SignalingPeer`]; this module only relays. A connection that
+//! ends while joined leaves its rooms as `dropped`, so the member shows as reconnecting.
+//!
+//! Every subscribe is checked against the caller's tenant and role, and for a consult its membership
+//! ([`Topic::authorize_member`]). A subscription starts with a snapshot, or with exactly the
+//! events after `since` read from the event log; live events are then delivered strictly in seq
+//! order: duplicates are dropped and a gap is filled from the log before the event after it is sent.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -22,7 +30,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sqlx::PgPool;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use medhub_actors::store::{self, format_ts};
@@ -47,6 +55,46 @@ pub trait Authenticator: Send + Sync + 'static {
     /// Whether the login session is still live (not logged out, expired or disabled): `Err` when
     /// that cannot be told right now.
     fn session_alive(&self, session_id: uuid::Uuid) -> Pin<Box<dyn Future<Output = Result<bool, String>> + Send>>;
+}
+
+/// Why a signaling request was refused, as told to the client: `error {error, topic, detail}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignalingRefusal {
+    /// `forbidden`, `not_found`, `ended`, `unavailable`, `invalid_message`...
+    pub error: &'static str,
+    pub detail: String,
+}
+
+/// What the media side says to one client: `(topic, {kind: offer|candidate|state, ...})`, sent to
+/// it as `signal {topic, kind, ...}`.
+pub type SignalOutbox = mpsc::Sender<(Arc<str>, Value)>;
+
+/// A successful `join`: the peer to relay to, and what `joined` tells the client.
+pub struct JoinedRoom {
+    pub peer: Box<dyn SignalingPeer>,
+    pub info: Value,
+}
+
+/// The media signaling of consult topics; implemented by the hub (membership, the SFU, presence).
+pub trait ConsultSignaling: Send + Sync + 'static {
+    /// Joins `topic`'s room as `principal` (connected from `source_addr`); what the media side
+    /// says to this client goes to `outbox`. A refused caller never reaches media.
+    fn join(
+        &self,
+        principal: Principal,
+        source_addr: Option<String>,
+        topic: String,
+        outbox: SignalOutbox,
+    ) -> Pin<Box<dyn Future<Output = Result<JoinedRoom, SignalingRefusal>>>>;
+}
+
+/// One connection's place in one room.
+pub trait SignalingPeer {
+    /// An answer (`{kind: "answer", sdp}`) or an ICE candidate (`{kind: "candidate", candidate}`).
+    fn signal(&self, message: Value) -> Pin<Box<dyn Future<Output = Result<(), SignalingRefusal>> + '_>>;
+    fn mute(&self, audio: bool, video: bool) -> Pin<Box<dyn Future<Output = Result<(), SignalingRefusal>> + '_>>;
+    /// Leaves the room; `dropped` when the connection went away without `leave`.
+    fn leave(self: Box<Self>, dropped: bool) -> Pin<Box<dyn Future<Output = ()>>>;
 }
 
 #[derive(Debug, Clone)]
@@ -75,6 +123,8 @@ pub struct Realtime {
     pub config: RealtimeConfig,
     pub metrics: RealtimeMetrics,
     pub shutdown: watch::Receiver<bool>,
+    /// Consult media signaling; `None`: `join` is answered `unavailable`.
+    pub signaling: Option<Arc<dyn ConsultSignaling>>,
 }
 
 #[derive(Deserialize)]
@@ -84,6 +134,10 @@ enum ClientMessage {
     Subscribe { topic: String, since: Option<i64> },
     Unsubscribe { topic: String },
     Ping,
+    Join { topic: String },
+    Signal { topic: String, kind: String, sdp: Option<String>, candidate: Option<Value> },
+    Mute { topic: String, audio: bool, video: bool },
+    Leave { topic: String },
 }
 
 /// `GET /ws`: upgrades and runs the connection on this worker.
@@ -94,9 +148,10 @@ pub async fn ws_endpoint(req: HttpRequest, body: web::Payload, realtime: web::Da
         .aggregate_continuations()
         .max_continuation_size(realtime.config.max_message_bytes);
     let peer = req.peer_addr().map(|addr| addr.to_string()).unwrap_or_default();
+    let source_addr = req.peer_addr().map(|addr| addr.ip().to_string());
     let realtime = realtime.into_inner();
     let span = info_span!("ws", %peer, tenant = tracing::field::Empty, user = tracing::field::Empty);
-    actix_web::rt::spawn(run_connection(realtime, session, stream).instrument(span));
+    actix_web::rt::spawn(run_connection(realtime, session, stream, source_addr).instrument(span));
     Ok(response)
 }
 
@@ -114,14 +169,23 @@ struct Connection {
     subscriptions: HashMap<Arc<str>, i64>,
     broker_connection: crate::broker::Connection,
     session_checked: Instant,
+    /// Consult rooms this connection joined, by topic.
+    rooms: HashMap<Arc<str>, Box<dyn SignalingPeer>>,
+    signal_outbox: SignalOutbox,
+    /// The client's address (for the audit trail of what it does in consult rooms).
+    source_addr: Option<String>,
 }
 
-async fn run_connection(realtime: Arc<Realtime>, session: Session, mut stream: actix_ws::AggregatedMessageStream) {
+/// Signaling messages a connection may have waiting for it.
+const SIGNAL_QUEUE: usize = 256;
+
+async fn run_connection(realtime: Arc<Realtime>, session: Session, mut stream: actix_ws::AggregatedMessageStream, source_addr: Option<String>) {
     realtime.metrics.connections.inc();
     let (broker_connection, mut deliveries) = realtime.broker.connect(realtime.config.queue_capacity);
     let kick = broker_connection.kick.clone();
     let live = broker_connection.live.clone();
     let mut shutdown = realtime.shutdown.clone();
+    let (signal_outbox, mut signals) = mpsc::channel(SIGNAL_QUEUE);
     let mut connection = Connection {
         realtime: realtime.clone(),
         session,
@@ -129,6 +193,9 @@ async fn run_connection(realtime: Arc<Realtime>, session: Session, mut stream: a
         subscriptions: HashMap::new(),
         broker_connection,
         session_checked: Instant::now(),
+        rooms: HashMap::new(),
+        signal_outbox,
+        source_addr,
     };
     let mut heartbeat = tokio::time::interval(realtime.config.heartbeat_interval);
     heartbeat.tick().await;
@@ -172,6 +239,10 @@ async fn run_connection(realtime: Arc<Realtime>, session: Session, mut stream: a
                 next = connection.deliver_live(live.take()) => next,
                 _ = kick.raised() => connection.too_slow().await,
             },
+            Some((topic, message)) = signals.recv() => tokio::select! {
+                next = connection.relay_signal(&topic, message) => next,
+                _ = tokio::time::sleep(SEND_GRACE) => connection.too_slow().await,
+            },
             _ = kick.raised() => connection.too_slow().await,
             _ = heartbeat.tick() => connection.on_heartbeat(last_heard).await,
             _ = &mut auth_deadline, if connection.auth.is_none() => {
@@ -188,6 +259,12 @@ async fn run_connection(realtime: Arc<Realtime>, session: Session, mut stream: a
     };
     realtime.broker.disconnect(connection.broker_connection.id);
     realtime.metrics.connections.dec();
+    // Rooms left without `leave`: the members show as reconnecting and may come back.
+    for (topic, peer) in connection.rooms.drain() {
+        if tokio::time::timeout(SEND_GRACE, peer.leave(true)).await.is_err() {
+            warn!(%topic, "leaving a consult room took too long");
+        }
+    }
     // A client that does not read cannot take a close frame either; do not wait for it forever.
     let _ = tokio::time::timeout(SEND_GRACE, connection.session.close(close)).await;
     debug!("connection ended");
@@ -273,7 +350,75 @@ impl Connection {
                 let sent = self.send(json!({"type": "unsubscribed", "topic": topic})).await;
                 outcome(sent)
             }
+            ClientMessage::Join { topic } => match self.auth.clone() {
+                Some(auth) => self.on_join(auth.principal, topic).await,
+                None => self.send_error("unauthorized", Some(&topic), "send auth before joining").await,
+            },
+            ClientMessage::Signal { topic, kind, sdp, candidate } => {
+                let mut message = json!({"kind": kind});
+                if let Some(sdp) = sdp {
+                    message["sdp"] = json!(sdp);
+                }
+                if let Some(candidate) = candidate {
+                    message["candidate"] = candidate;
+                }
+                let Some(peer) = self.rooms.get(topic.as_str()) else {
+                    return self.send_error("not_joined", Some(&topic), "send join for this topic first").await;
+                };
+                match peer.signal(message).await {
+                    Ok(()) => Next::Continue,
+                    Err(refusal) => self.send_error(refusal.error, Some(&topic), &refusal.detail).await,
+                }
+            }
+            ClientMessage::Mute { topic, audio, video } => {
+                let Some(peer) = self.rooms.get(topic.as_str()) else {
+                    return self.send_error("not_joined", Some(&topic), "send join for this topic first").await;
+                };
+                match peer.mute(audio, video).await {
+                    Ok(()) => outcome(self.send(json!({"type": "muted", "topic": topic, "audio": audio, "video": video})).await),
+                    Err(refusal) => self.send_error(refusal.error, Some(&topic), &refusal.detail).await,
+                }
+            }
+            ClientMessage::Leave { topic } => {
+                let Some(peer) = self.rooms.remove(topic.as_str()) else {
+                    return self.send_error("not_joined", Some(&topic), "this connection is not in that room").await;
+                };
+                peer.leave(false).await;
+                outcome(self.send(json!({"type": "left", "topic": topic})).await)
+            }
         }
+    }
+
+    async fn on_join(&mut self, principal: Principal, topic: String) -> Next {
+        if self.rooms.contains_key(topic.as_str()) {
+            return self.send_error("already_joined", Some(&topic), "this connection is in that room already; send leave first to rejoin").await;
+        }
+        let Some(signaling) = self.realtime.signaling.clone() else {
+            return self.send_error("unavailable", Some(&topic), "video consults are not available on this hub").await;
+        };
+        match signaling.join(principal, self.source_addr.clone(), topic.clone(), self.signal_outbox.clone()).await {
+            Ok(JoinedRoom { peer, info }) => {
+                self.rooms.insert(Arc::from(topic.as_str()), peer);
+                let mut joined = json!({"type": "joined", "topic": topic});
+                if let (Value::Object(joined), Value::Object(info)) = (&mut joined, info) {
+                    joined.extend(info);
+                }
+                outcome(self.send(joined).await)
+            }
+            Err(refusal) => {
+                info!(topic = %topic, reason = refusal.error, "consult join refused");
+                self.send_error(refusal.error, Some(&topic), &refusal.detail).await
+            }
+        }
+    }
+
+    /// What the media side says to this client, as `signal {topic, kind, ...}`.
+    async fn relay_signal(&mut self, topic: &str, message: Value) -> Next {
+        let mut envelope = json!({"type": "signal", "topic": topic});
+        if let (Value::Object(envelope), Value::Object(message)) = (&mut envelope, message) {
+            envelope.extend(message);
+        }
+        outcome(self.send(envelope).await)
     }
 
     async fn on_auth(&mut self, token: String) -> Next {
@@ -304,7 +449,11 @@ impl Connection {
     }
 
     async fn on_subscribe(&mut self, principal: &Principal, name: &str, since: Option<i64>) -> Next {
-        let topic = match Topic::parse(name).and_then(|topic| topic.authorize(principal).map(|()| topic)) {
+        let topic = match Topic::parse(name) {
+            Ok(topic) => topic.authorize_member(&self.realtime.pool, principal).await.map(|()| topic),
+            Err(refusal) => Err(refusal),
+        };
+        let topic = match topic {
             Ok(topic) => topic,
             Err(refusal) => {
                 self.realtime.metrics.refused_subscriptions.with_label_values(&[refusal.error]).inc();

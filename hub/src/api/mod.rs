@@ -1,4 +1,5 @@
-//! The HTTP API under `/api`: auth, facilities and beds, audit, patients, doctors and appointments. Every handler authenticates
+//! The HTTP API under `/api`: auth, facilities and beds, audit, patients, doctors and appointments,
+//! video consults. Every handler authenticates
 //! through [`extract::Authenticated`], checks the role it needs, scopes every query to the
 //! caller's tenant (another tenant's records are simply not found), and maps failures once,
 //! through [`error::ApiError`].
@@ -7,6 +8,7 @@ pub mod ambulances;
 pub mod audit;
 pub mod auth;
 pub mod billing;
+pub mod consults;
 pub mod devices;
 pub mod error;
 pub mod extract;
@@ -27,6 +29,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, fault_injection: bool) {
     devices::routes(cfg, fault_injection);
     patients::routes(cfg);
     schedules::routes(cfg);
+    consults::routes(cfg);
     pharmacy::routes(cfg);
     fhir_pharmacy::routes(cfg);
     ambulances::routes(cfg);
