@@ -15,19 +15,13 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Command;
 use std::time::Instant;
 
 use chrono::{DateTime, TimeZone, Utc};
 use serde_json::{json, Value};
 
-use common::{around_the_clock, email, World, PASSWORD};
+use common::{around_the_clock, email, require_browser, run_browser_story_on, World, PASSWORD};
 use medhub_actors::Role;
-
-fn chromium() -> String {
-    std::env::var("CHROMIUM_PATH").unwrap_or_else(|_| "/usr/bin/chromium".to_owned())
-}
 
 /// Tomorrow at 10:00 UTC: inside the doctor's (round-the-clock) hours, and never in the past.
 fn tomorrow_at_ten() -> DateTime<Utc> {
@@ -37,17 +31,7 @@ fn tomorrow_at_ten() -> DateTime<Utc> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_doctor_and_a_patient_meet_in_a_video_consult_in_chromium_and_the_doctor_ends_it() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-    let missing: Vec<String> = [
-        (Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success()), "Node.js (apt-get install nodejs)".to_owned()),
-        (Path::new(&chromium()).exists(), format!("Chromium at {} (apt-get install chromium)", chromium())),
-        (dir.join("node_modules/playwright-core").exists(), "playwright-core (npm ci --prefix tests/browser)".to_owned()),
-    ]
-    .into_iter()
-    .filter(|(present, _)| !present)
-    .map(|(_, what)| what)
-    .collect();
-    assert!(missing.is_empty(), "the browser test needs {}; `bash scripts/test` installs them", missing.join(", "));
+    require_browser(&[]);
 
     // The hub's media offers loopback candidates too (`--media-loopback`, on by default), and the
     // script lets Chromium use loopback, so the two meet on this machine whatever its interfaces.
@@ -67,26 +51,15 @@ async fn a_doctor_and_a_patient_meet_in_a_video_consult_in_chromium_and_the_doct
     let appointment = booked["appointment"]["id"].as_str().expect("appointment id").to_owned();
 
     let started = Instant::now();
-    let (url, script) = (world.hub.url.clone(), dir.join("consult.mjs"));
-    let (tenant, appointment_for_script) = (slug.clone(), appointment.clone());
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new("node")
-            .arg(script)
-            .env("MEDHUB_URL", url)
-            .env("MEDHUB_TENANT", tenant.as_str())
-            .env("MEDHUB_PASSWORD", PASSWORD)
-            .env("MEDHUB_DOCTOR_EMAIL", email(&tenant, Role::Doctor))
-            .env("MEDHUB_PATIENT_EMAIL", email(&tenant, Role::Patient))
-            .env("MEDHUB_APPOINTMENT", appointment_for_script)
-            .env("CHROMIUM_PATH", chromium())
-            .output()
-    })
-    .await
-    .expect("node task")
-    .expect("run node");
-    let printed = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    assert!(output.status.success(), "the browser story consult.mjs failed:\n{printed}\nhub log:\n{}", world.hub.logs());
-    println!("{printed}");
+    let (doctor_email, patient_email) = (email(&slug, Role::Doctor), email(&slug, Role::Patient));
+    let env = [
+        ("MEDHUB_TENANT", slug.as_str()),
+        ("MEDHUB_PASSWORD", PASSWORD),
+        ("MEDHUB_DOCTOR_EMAIL", doctor_email.as_str()),
+        ("MEDHUB_PATIENT_EMAIL", patient_email.as_str()),
+        ("MEDHUB_APPOINTMENT", appointment.as_str()),
+    ];
+    run_browser_story_on(&world.hub, "consult.mjs", &env).await;
     println!("the browser story took {:.1} s", started.elapsed().as_secs_f64());
 
     // What the pages did, as the hub recorded it.

@@ -4,20 +4,15 @@
 //! reload.
 //!
 //! Needs Node.js, Chromium and `tests/browser/node_modules` (playwright-core, mqtt); `scripts/test`
-//! installs them. Like `common::run_browser_story`, but the script also gets the MQTT address.
+//! installs them. Like `common::run_browser_story`, but the hub also listens for MQTT and the
+//! script gets its address.
 
 mod common;
 
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{spawn_hub_with, Hub, HubOptions, TestDb};
-
-fn chromium() -> String {
-    std::env::var("CHROMIUM_PATH").unwrap_or_else(|_| "/usr/bin/chromium".to_owned())
-}
+use common::{require_browser, run_browser_story_on, spawn_hub_with, Hub, HubOptions, TestDb};
 
 /// The address the hub's MQTT endpoint bound, from its log line `mqtt listening addr=...`.
 async fn mqtt_addr(hub: &Hub) -> SocketAddr {
@@ -37,36 +32,10 @@ async fn mqtt_addr(hub: &Hub) -> SocketAddr {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gps_fix_over_mqtt_moves_the_unit_on_the_map_in_chromium() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-    let missing: Vec<String> = [
-        (Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success()), "Node.js (apt-get install nodejs)".to_owned()),
-        (Path::new(&chromium()).exists(), format!("Chromium at {} (apt-get install chromium)", chromium())),
-        (dir.join("node_modules/playwright-core").exists(), "playwright-core (npm ci --prefix tests/browser)".to_owned()),
-        (dir.join("node_modules/mqtt").exists(), "the mqtt package (npm ci --prefix tests/browser)".to_owned()),
-    ]
-    .into_iter()
-    .filter(|(present, _)| !present)
-    .map(|(_, what)| what)
-    .collect();
-    assert!(missing.is_empty(), "the browser test needs {}; `bash scripts/test` installs them", missing.join(", "));
-
+    require_browser(&["mqtt"]);
     let db = TestDb::start().await;
     let mut hub = spawn_hub_with(HubOptions { command: "demo", ..HubOptions::serve(&db) }.arg("--mqtt-listen", "127.0.0.1:0")).await;
-    let mqtt = mqtt_addr(&hub).await;
-    let (url, script) = (hub.url.clone(), dir.join("map.mjs"));
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new("node")
-            .arg(script)
-            .env("MEDHUB_URL", url)
-            .env("MEDHUB_MQTT", mqtt.to_string())
-            .env("CHROMIUM_PATH", chromium())
-            .output()
-    })
-    .await
-    .expect("node task")
-    .expect("run node");
-    let printed = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    assert!(output.status.success(), "the browser story map.mjs failed:\n{printed}\nhub log:\n{}", hub.logs());
-    println!("{printed}");
+    let mqtt = mqtt_addr(&hub).await.to_string();
+    run_browser_story_on(&hub, "map.mjs", &[("MEDHUB_MQTT", mqtt.as_str())]).await;
     assert!(hub.terminate().await.success());
 }

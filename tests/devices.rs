@@ -155,6 +155,12 @@ impl Mqtt {
         }
     }
 
+    /// Publishes at QoS 1 and waits for the hub's PUBACK: the message was taken.
+    async fn publish_acknowledged(&mut self, topic: String, payload: Vec<u8>) {
+        self.client.publish(topic, QoS::AtLeastOnce, false, payload).await.unwrap();
+        self.pubacks(1).await;
+    }
+
     async fn suback(&mut self) -> Vec<SubscribeReasonCode> {
         loop {
             if let Packet::SubAck(ack) = self.next().await {
@@ -195,6 +201,33 @@ fn gps_fix(lat: f64, lon: f64, fix_time: &str) -> Vec<u8> {
 /// The unit as the dispatcher sees it.
 async fn unit_position(api: &Api, unit: Uuid) -> Value {
     api.get(&format!("/api/ambulances/{unit}")).await.unwrap().ok()["position"].clone()
+}
+
+/// A crew starting its shift: the unit's tracker listens for its commands and sends its first fix.
+async fn go_on_duty(tracker: &mut Mqtt, login: &Login, at: (f64, f64)) {
+    tracker.client.subscribe(login.topic("cmd"), QoS::AtLeastOnce).await.unwrap();
+    assert_eq!(tracker.suback().await, vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)]);
+    tracker.publish_acknowledged(login.topic("gps"), gps_fix(at.0, at.1, &now())).await;
+}
+
+/// Waits until the dispatcher sees the unit's position (panics after 10 s).
+async fn shows_on_the_map(api: &Api, unit: Uuid) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while unit_position(api, unit).await.is_null() {
+        assert!(Instant::now() < deadline, "the unit's position never arrived");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A unit `call_sign` registered with its tracker, on duty at `at` over the hub's own MQTT
+/// endpoint, and on the dispatcher's map: its id, the tracker's credentials and connection.
+async fn unit_on_the_map(admin: &Api, addr: SocketAddr, call_sign: &str, at: (f64, f64)) -> (Uuid, Login, Mqtt) {
+    let id = unit(admin, call_sign).await;
+    let login = device(admin, "alpha", id, "ambulance").await;
+    let mut tracker = Mqtt::login(addr, &login).await;
+    go_on_duty(&mut tracker, &login, at).await;
+    shows_on_the_map(admin, id).await;
+    (id, login, tracker)
 }
 
 /// Polls `/metrics` until `series` reaches `value` (panics after 15 s).
@@ -700,6 +733,44 @@ async fn incident_reaches(api: &Api, id: &str, status: &str) -> Value {
     }
 }
 
+/// Reports an incident as `api` (a call taken by a dispatcher, or a patient's SOS): the incident as
+/// created, and its id.
+async fn incident_reported(api: &Api, report: Value) -> (Value, String) {
+    let incident = api.post("/api/incidents", report).await.unwrap().expect(201);
+    let id = incident["id"].as_str().unwrap().to_owned();
+    (incident, id)
+}
+
+/// The crew reports each of `statuses` for the incident, one after the other, and waits until the
+/// dispatcher sees the incident `reached`.
+async fn crew_reports(dispatcher: &Api, crew: &Mqtt, login: &Login, incident: &str, statuses: &[&str], reached: &str) {
+    for status in statuses {
+        report(crew, login, status, incident).await;
+    }
+    incident_reaches(dispatcher, incident, reached).await;
+}
+
+/// The crew sent to the incident takes it, reaches the scene and sets off with the patient, each
+/// step seen by the dispatcher; then a fix inside the hospital's geofence at `hospital` has the
+/// dispatcher see it arrive.
+async fn bring_the_patient_in(dispatcher: &Api, crew: &Mqtt, login: &Login, incident: &str, hospital: (f64, f64)) {
+    for (status, reached) in [("ack", "en_route"), ("on_scene", "on_scene"), ("transporting", "transporting")] {
+        crew_reports(dispatcher, crew, login, incident, &[status], reached).await;
+    }
+    crew.client.publish(login.topic("gps"), QoS::AtLeastOnce, false, gps_fix(hospital.0, hospital.1, &now())).await.unwrap();
+    incident_reaches(dispatcher, incident, "at_hospital").await;
+}
+
+/// Registers the tenant's hospital "Alpha Emergency", with one emergency bed (E1); as created.
+async fn alpha_emergency(admin: &Api) -> Value {
+    admin
+        .post("/api/facilities", json!({"name": "Alpha Emergency", "kind": "hospital", "location": {"lat": -1.2800, "lon": 36.8300},
+                                       "timezone": "Africa/Nairobi", "wards": [{"name": "Emergency", "kind": "emergency", "beds": ["E1"]}]}))
+        .await
+        .unwrap()
+        .expect(201)
+}
+
 /// Where the story's devices connect: the hub's own endpoint, or an external mosquitto that the
 /// hub is a client of (whose password and ACL files are rewritten once the devices exist).
 enum Endpoint<'a> {
@@ -761,12 +832,7 @@ async fn behind_mosquitto_the_same_sos_is_dispatched_and_followed_to_the_hospita
 /// SOS → the nearest unit (checked by brute force) → silence → the next unit → acknowledged, on
 /// scene, transporting, arrived by geofence, closed; the whole timeline audited.
 async fn sos_story(hub: &Hub, tenant: &common::Tenant, admin: &Api, endpoint: &Endpoint<'_>) {
-    let hospital = admin
-        .post("/api/facilities", json!({"name": "Alpha Emergency", "kind": "hospital", "location": {"lat": -1.2800, "lon": 36.8300},
-                                       "timezone": "Africa/Nairobi", "wards": [{"name": "Emergency", "kind": "emergency", "beds": ["E1"]}]}))
-        .await
-        .unwrap()
-        .expect(201);
+    let hospital = alpha_emergency(admin).await;
     let scene = (-1.3000, 36.8000);
     let starts = [("AMB-01", (-1.3100, 36.8050)), ("AMB-02", (-1.2950, 36.7800)), ("AMB-03", (-1.2000, 36.9000))];
     let mut logins = Vec::new();
@@ -778,18 +844,11 @@ async fn sos_story(hub: &Hub, tenant: &common::Tenant, admin: &Api, endpoint: &E
     let mut units = Vec::new();
     for (id, login, at) in logins {
         let mut mqtt = endpoint.connect(&login).await;
-        mqtt.client.subscribe(login.topic("cmd"), QoS::AtLeastOnce).await.unwrap();
-        mqtt.suback().await;
-        mqtt.client.publish(login.topic("gps"), QoS::AtLeastOnce, false, gps_fix(at.0, at.1, &now())).await.unwrap();
-        mqtt.pubacks(1).await;
+        go_on_duty(&mut mqtt, &login, at).await;
         units.push((id, login, mqtt, at));
     }
     for (id, ..) in &units {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while unit_position(admin, *id).await.is_null() {
-            assert!(Instant::now() < deadline, "the unit's position never arrived");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        shows_on_the_map(admin, *id).await;
     }
     // Brute force: the units by distance to the scene.
     let mut order: Vec<usize> = (0..units.len()).collect();
@@ -797,12 +856,7 @@ async fn sos_story(hub: &Hub, tenant: &common::Tenant, admin: &Api, endpoint: &E
     let (first, second) = (order[0], order[1]);
 
     let dispatcher = hub.login(tenant, Role::Dispatcher).await;
-    let incident = dispatcher
-        .post("/api/incidents", json!({"location": {"lat": scene.0, "lon": scene.1}, "priority": "critical", "description": "SOS: chest pain"}))
-        .await
-        .unwrap()
-        .expect(201);
-    let id = incident["id"].as_str().unwrap().to_owned();
+    let (incident, id) = incident_reported(&dispatcher, json!({"location": {"lat": scene.0, "lon": scene.1}, "priority": "critical", "description": "SOS: chest pain"})).await;
     assert_eq!(incident["status"], "dispatched");
     assert_eq!(incident["unit_id"], units[first].0.to_string(), "the nearest unit by brute force");
     assert_eq!(incident["destination_id"], hospital["id"], "the facility with a free emergency bed");
@@ -826,16 +880,8 @@ async fn sos_story(hub: &Hub, tenant: &common::Tenant, admin: &Api, endpoint: &E
 
     // The second acknowledges and works the mission; the geofence notices the arrival.
     let (_, login, mqtt, _) = &units[second];
-    report(mqtt, login, "ack", &id).await;
-    incident_reaches(&dispatcher, &id, "en_route").await;
-    report(mqtt, login, "on_scene", &id).await;
-    incident_reaches(&dispatcher, &id, "on_scene").await;
-    report(mqtt, login, "transporting", &id).await;
-    incident_reaches(&dispatcher, &id, "transporting").await;
-    mqtt.client.publish(login.topic("gps"), QoS::AtLeastOnce, false, gps_fix(-1.2803, 36.8302, &now())).await.unwrap();
-    incident_reaches(&dispatcher, &id, "at_hospital").await;
-    report(mqtt, login, "available", &id).await;
-    incident_reaches(&dispatcher, &id, "closed").await;
+    bring_the_patient_in(&dispatcher, mqtt, login, &id, (-1.2803, 36.8302)).await;
+    crew_reports(&dispatcher, mqtt, login, &id, &["available"], "closed").await;
 
     let timeline = dispatcher.get(&format!("/api/incidents/{id}/timeline")).await.unwrap().ok();
     let steps: Vec<&str> = timeline["timeline"].as_array().unwrap().iter().map(|s| s["type"].as_str().unwrap()).collect();
@@ -861,25 +907,11 @@ async fn a_deteriorating_patient_on_the_way_in_alerts_the_receiving_hospital() {
     let world = World::start_with(1, |options| options.arg("--mqtt-listen", "127.0.0.1:0")).await;
     let addr = mqtt_addr(&world.hub).await;
     let admin = &world.admin;
-    let hospital = admin
-        .post("/api/facilities", json!({"name": "Alpha Emergency", "kind": "hospital", "location": {"lat": -1.2800, "lon": 36.8300},
-                                       "timezone": "Africa/Nairobi", "wards": [{"name": "Emergency", "kind": "emergency", "beds": ["E1"]}]}))
-        .await
-        .unwrap()
-        .expect(201);
+    let hospital = alpha_emergency(admin).await;
     let hospital_id = hospital["id"].as_str().unwrap();
-    let unit_id = unit(admin, "AMB-09").await;
-    let login = device(admin, "alpha", unit_id, "ambulance").await;
+    let (unit_id, login, mut crew) = unit_on_the_map(admin, addr, "AMB-09", (-1.3050, 36.8000)).await;
     let monitor = device(admin, "alpha", unit_id, "monitor").await;
-    let mut crew = Mqtt::login(addr, &login).await;
     let mut monitor_mqtt = Mqtt::login(addr, &monitor).await;
-    crew.client.subscribe(login.topic("cmd"), QoS::AtLeastOnce).await.unwrap();
-    crew.suback().await;
-    crew.client.publish(login.topic("gps"), QoS::AtLeastOnce, false, gps_fix(-1.3050, 36.8000, &now())).await.unwrap();
-    crew.pubacks(1).await;
-    while unit_position(admin, unit_id).await.is_null() {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 
     // The emergency department watches its arrivals.
     let mut ed = common::Live::connect(&world.hub, &world.nurse).await;
@@ -890,23 +922,13 @@ async fn a_deteriorating_patient_on_the_way_in_alerts_the_receiving_hospital() {
     assert_eq!(dispatcher_live.subscribe(&arrivals, None).await["error"], "forbidden", "arrivals are for clinical staff");
 
     let dispatcher = world.hub.login(&world.tenant, Role::Dispatcher).await;
-    let incident = dispatcher
-        .post("/api/incidents", json!({"location": {"lat": -1.3000, "lon": 36.8000}, "priority": "critical", "description": "fall from height"}))
-        .await
-        .unwrap()
-        .expect(201);
-    let id = incident["id"].as_str().unwrap().to_owned();
+    let (_, id) = incident_reported(&dispatcher, json!({"location": {"lat": -1.3000, "lon": 36.8000}, "priority": "critical", "description": "fall from height"})).await;
     command(&mut crew).await;
-    for status in ["ack", "on_scene", "transporting"] {
-        report(&crew, &login, status, &id).await;
-    }
-    incident_reaches(&dispatcher, &id, "transporting").await;
+    crew_reports(&dispatcher, &crew, &login, &id, &["ack", "on_scene", "transporting"], "transporting").await;
 
     // Stable vitals: no alert. Then they deteriorate: one alert, with the score, vitals and ETA.
-    monitor_mqtt.client.publish(monitor.topic("vitals"), QoS::AtLeastOnce, false, vitals(16.0, 97.0, 125.0, 80.0, "alert", 37.0)).await.unwrap();
-    monitor_mqtt.pubacks(1).await;
-    monitor_mqtt.client.publish(monitor.topic("vitals"), QoS::AtLeastOnce, false, vitals(27.0, 90.0, 88.0, 135.0, "voice", 39.5)).await.unwrap();
-    monitor_mqtt.pubacks(1).await;
+    monitor_mqtt.publish_acknowledged(monitor.topic("vitals"), vitals(16.0, 97.0, 125.0, 80.0, "alert", 37.0)).await;
+    monitor_mqtt.publish_acknowledged(monitor.topic("vitals"), vitals(27.0, 90.0, 88.0, 135.0, "voice", 39.5)).await;
     let alert = ed.next().await;
     assert_eq!(alert["type"], "arrival.alert", "{alert}");
     assert_eq!(alert["data"]["unit_id"], unit_id.to_string());
@@ -915,8 +937,7 @@ async fn a_deteriorating_patient_on_the_way_in_alerts_the_receiving_hospital() {
     assert!(alert["data"]["news2"]["score"].as_u64().unwrap() >= 7);
     assert!(alert["data"]["eta_minutes"].as_f64().unwrap() > 0.0);
     // Still high: no repeat.
-    monitor_mqtt.client.publish(monitor.topic("vitals"), QoS::AtLeastOnce, false, vitals(28.0, 89.0, 86.0, 140.0, "voice", 39.6)).await.unwrap();
-    monitor_mqtt.pubacks(1).await;
+    monitor_mqtt.publish_acknowledged(monitor.topic("vitals"), vitals(28.0, 89.0, 86.0, 140.0, "voice", 39.6)).await;
     assert!(ed.next_within(Duration::from_millis(800)).await.is_none(), "one alert per rise, not per reading");
     let trail = admin.get("/api/audit?action=arrival.alert").await.unwrap().ok();
     assert_eq!(trail["entries"].as_array().unwrap().len(), 1);
@@ -949,43 +970,21 @@ async fn vitals_on_the_way_in_become_the_patients_observations_read_by_the_docto
     let mut hub = common::spawn_hub_with(HubOptions::serve(&db).arg("--mqtt-listen", "127.0.0.1:0")).await;
     let addr = mqtt_addr(&hub).await;
     let admin = hub.login(&tenant, Role::Admin).await;
-    admin
-        .post("/api/facilities", json!({"name": "Alpha Emergency", "kind": "hospital", "location": {"lat": -1.2800, "lon": 36.8300},
-                                       "timezone": "Africa/Nairobi", "wards": [{"name": "Emergency", "kind": "emergency", "beds": ["E1"]}]}))
-        .await
-        .unwrap()
-        .expect(201);
-    let unit_id = unit(&admin, "AMB-21").await;
-    let login = device(&admin, "alpha", unit_id, "ambulance").await;
+    alpha_emergency(&admin).await;
+    let (unit_id, login, mut crew) = unit_on_the_map(&admin, addr, "AMB-21", (-1.3050, 36.8000)).await;
     let monitor = device(&admin, "alpha", unit_id, "monitor").await;
-    let mut crew = Mqtt::login(addr, &login).await;
-    crew.client.subscribe(login.topic("cmd"), QoS::AtLeastOnce).await.unwrap();
-    crew.suback().await;
-    crew.client.publish(login.topic("gps"), QoS::AtLeastOnce, false, gps_fix(-1.3050, 36.8000, &now())).await.unwrap();
-    crew.pubacks(1).await;
-    while unit_position(&admin, unit_id).await.is_null() {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 
     // A call for a known patient; the unit goes and starts monitoring on scene.
     let dispatcher = hub.login(&tenant, Role::Dispatcher).await;
-    let incident = dispatcher
-        .post("/api/incidents", json!({"location": {"lat": -1.3000, "lon": 36.8000}, "priority": "critical",
-                                       "description": "collapsed at home", "patient_id": patient}))
-        .await
-        .unwrap()
-        .expect(201);
-    let id = incident["id"].as_str().unwrap().to_owned();
+    let (incident, id) = incident_reported(&dispatcher, json!({"location": {"lat": -1.3000, "lon": 36.8000}, "priority": "critical",
+                                                               "description": "collapsed at home", "patient_id": patient})).await;
     assert_eq!(incident["unit_id"], unit_id.to_string());
     command(&mut crew).await;
-    report(&crew, &login, "ack", &id).await;
-    report(&crew, &login, "on_scene", &id).await;
-    incident_reaches(&dispatcher, &id, "on_scene").await;
+    crew_reports(&dispatcher, &crew, &login, &id, &["ack", "on_scene"], "on_scene").await;
     let mut monitor_mqtt = Mqtt::login(addr, &monitor).await;
     for (respiration, spo2, systolic, pulse, consciousness, temperature) in [(16.0, 97.0, 125.0, 80.0, "alert", 37.0), (27.0, 90.0, 88.0, 135.0, "voice", 39.5), (22.0, 95.0, 115.0, 95.0, "alert", 38.4)] {
         tokio::time::sleep(Duration::from_millis(5)).await; // each reading measured at its own millisecond
-        monitor_mqtt.client.publish(monitor.topic("vitals"), QoS::AtLeastOnce, false, vitals(respiration, spo2, systolic, pulse, consciousness, temperature)).await.unwrap();
-        monitor_mqtt.pubacks(1).await;
+        monitor_mqtt.publish_acknowledged(monitor.topic("vitals"), vitals(respiration, spo2, systolic, pulse, consciousness, temperature)).await;
     }
 
     // The doctor reads them for the incident and for the patient: in time order, scored.
@@ -1049,8 +1048,7 @@ async fn vitals_on_the_way_in_become_the_patients_observations_read_by_the_docto
     // Two more readings, acknowledged just before a graceful stop: none is lost.
     for (pulse, temperature) in [(100.0, 38.0), (92.0, 37.6)] {
         tokio::time::sleep(Duration::from_millis(5)).await;
-        monitor_mqtt.client.publish(monitor.topic("vitals"), QoS::AtLeastOnce, false, vitals(20.0, 95.0, 110.0, pulse, "alert", temperature)).await.unwrap();
-        monitor_mqtt.pubacks(1).await;
+        monitor_mqtt.publish_acknowledged(monitor.topic("vitals"), vitals(20.0, 95.0, 110.0, pulse, "alert", temperature)).await;
     }
     assert!(hub.terminate().await.success(), "the hub stops cleanly:\n{}", hub.logs());
     let hub = common::spawn_hub_with(HubOptions::serve(&db).arg("--mqtt-listen", "127.0.0.1:0")).await;
@@ -1135,19 +1133,7 @@ async fn an_sos_holds_an_emergency_bed_at_its_destination_until_the_patient_is_a
     // Two units near the scene, their crews listening for commands.
     let mut crews = Vec::new();
     for (call_sign, at) in [("AMB-11", (-1.3010, 36.8010)), ("AMB-12", (-1.3020, 36.8020))] {
-        let id = unit(admin, call_sign).await;
-        let login = device(admin, "alpha", id, "ambulance").await;
-        let mut mqtt = Mqtt::login(addr, &login).await;
-        mqtt.client.subscribe(login.topic("cmd"), QoS::AtLeastOnce).await.unwrap();
-        mqtt.suback().await;
-        mqtt.client.publish(login.topic("gps"), QoS::AtLeastOnce, false, gps_fix(at.0, at.1, &now())).await.unwrap();
-        mqtt.pubacks(1).await;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while unit_position(admin, id).await.is_null() {
-            assert!(Instant::now() < deadline, "the unit's position never arrived");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        crews.push((id, login, mqtt));
+        crews.push(unit_on_the_map(admin, addr, call_sign, at).await);
     }
 
     // The ward's screen watches the bed board; the dispatcher watches the map.
@@ -1165,12 +1151,7 @@ async fn an_sos_holds_an_emergency_bed_at_its_destination_until_the_patient_is_a
     let patients = world.db.patients(&world.tenant, 2).await;
     world.db.link_patient_user(&world.tenant, patients[0]).await;
     let sos = world.hub.login(&world.tenant, Role::Patient).await;
-    let first = sos
-        .post("/api/incidents", json!({"location": {"lat": scene.0, "lon": scene.1}, "priority": "critical", "description": "SOS: chest pain"}))
-        .await
-        .unwrap()
-        .expect(201);
-    let first_id = first["id"].as_str().unwrap().to_owned();
+    let (first, first_id) = incident_reported(&sos, json!({"location": {"lat": scene.0, "lon": scene.1}, "priority": "critical", "description": "SOS: chest pain"})).await;
     assert_eq!(first["status"], "dispatched", "{first}");
     assert_eq!((first["destination_id"].as_str(), first["reserved_bed_id"].as_str()), (Some(near.as_str()), Some(n1)), "{first}");
     let held = bed_now(nurse, &near, n1).await;
@@ -1204,12 +1185,7 @@ async fn an_sos_holds_an_emergency_bed_at_its_destination_until_the_patient_is_a
     assert_eq!(bed_now(nurse, &near, n1).await["status"], "reserved");
 
     // A second call while Near is full goes to the next facility with a free emergency bed.
-    let second = dispatcher
-        .post("/api/incidents", json!({"location": {"lat": scene.0, "lon": scene.1}, "priority": "urgent", "description": "fall at the market"}))
-        .await
-        .unwrap()
-        .expect(201);
-    let second_id = second["id"].as_str().unwrap().to_owned();
+    let (second, second_id) = incident_reported(&dispatcher, json!({"location": {"lat": scene.0, "lon": scene.1}, "priority": "urgent", "description": "fall at the market"})).await;
     assert_eq!((second["destination_id"].as_str(), second["reserved_bed_id"].as_str()), (Some(far.as_str()), Some(f1)), "{second}");
     assert_eq!(bed_now(nurse, &far, f1).await["reserved_for"], second_id.as_str());
 
@@ -1229,26 +1205,15 @@ async fn an_sos_holds_an_emergency_bed_at_its_destination_until_the_patient_is_a
     // The second is worked to the end without the patient being admitted into F1: closing frees it.
     let (_, login, crew) = crews.iter().find(|(id, ..)| second["unit_id"] == id.to_string()).unwrap();
     assert_ne!(second["unit_id"], first_unit.to_string());
-    for (status, reached) in [("ack", "en_route"), ("on_scene", "on_scene"), ("transporting", "transporting")] {
-        report(crew, login, status, &second_id).await;
-        incident_reaches(&dispatcher, &second_id, reached).await;
-    }
-    crew.client.publish(login.topic("gps"), QoS::AtLeastOnce, false, gps_fix(-1.2651, 36.8251, &now())).await.unwrap();
-    incident_reaches(&dispatcher, &second_id, "at_hospital").await;
+    bring_the_patient_in(&dispatcher, crew, login, &second_id, (-1.2651, 36.8251)).await;
     assert_eq!(bed_now(nurse, &far, f1).await["status"], "reserved", "held until the incident ends");
-    report(crew, login, "available", &second_id).await;
-    incident_reaches(&dispatcher, &second_id, "closed").await;
+    crew_reports(&dispatcher, crew, login, &second_id, &["available"], "closed").await;
     assert_eq!(bed_now(nurse, &far, f1).await["status"], "free");
     assert_eq!(step_detail(&dispatcher, &second_id, "incident.closed").await["reserved_bed"]["outcome"], "released");
 
     // A third call for a known patient holds N1 again; admitting that patient ends the hold, and
     // cancelling afterwards leaves the patient in their bed.
-    let third = dispatcher
-        .post("/api/incidents", json!({"location": {"lat": scene.0, "lon": scene.1}, "priority": "urgent", "description": "breathless", "patient_id": patients[1]}))
-        .await
-        .unwrap()
-        .expect(201);
-    let third_id = third["id"].as_str().unwrap().to_owned();
+    let (third, third_id) = incident_reported(&dispatcher, json!({"location": {"lat": scene.0, "lon": scene.1}, "priority": "urgent", "description": "breathless", "patient_id": patients[1]})).await;
     assert_eq!(third["reserved_bed_id"], n1, "{third}");
     let admitted = nurse.put(&format!("/api/facilities/{near}/beds/{n1}/status"), json!({"status": "occupied", "patient_id": patients[1]})).await.unwrap().ok();
     assert_eq!((admitted["bed"]["status"].as_str(), admitted["bed"]["reserved_for"].as_str()), (Some("occupied"), None), "{admitted}");
@@ -1265,11 +1230,7 @@ async fn an_sos_holds_an_emergency_bed_at_its_destination_until_the_patient_is_a
         .execute(&world.db.pool)
         .await
         .unwrap();
-    let fourth = dispatcher
-        .post("/api/incidents", json!({"location": {"lat": scene.0, "lon": scene.1}, "priority": "urgent", "description": "cyclist down"}))
-        .await
-        .unwrap()
-        .expect(201);
+    let (fourth, _) = incident_reported(&dispatcher, json!({"location": {"lat": scene.0, "lon": scene.1}, "priority": "urgent", "description": "cyclist down"})).await;
     assert_eq!((fourth["destination_id"].as_str(), fourth["reserved_bed_id"].as_str()), (Some(far.as_str()), Some(f1)), "{fourth}");
     let verified = admin.get("/api/audit/verify").await.unwrap().ok();
     assert_eq!(verified["ok"], true);
@@ -1286,24 +1247,12 @@ async fn a_proposed_dispatch_waits_for_the_dispatcher_who_may_send_another_unit(
     let starts = [("AMB-11", (-1.3050, 36.8010)), ("AMB-12", (-1.2700, 36.7700)), ("AMB-13", (-1.2000, 36.9000))];
     let mut units = Vec::new();
     for (call_sign, at) in starts {
-        let id = unit(admin, call_sign).await;
-        let login = device(admin, "alpha", id, "ambulance").await;
-        let mut mqtt = Mqtt::login(addr, &login).await;
-        mqtt.client.subscribe(login.topic("cmd"), QoS::AtLeastOnce).await.unwrap();
-        mqtt.suback().await;
-        mqtt.client.publish(login.topic("gps"), QoS::AtLeastOnce, false, gps_fix(at.0, at.1, &now())).await.unwrap();
-        mqtt.pubacks(1).await;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while unit_position(admin, id).await.is_null() {
-            assert!(Instant::now() < deadline, "the unit's position never arrived");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let (id, _, mqtt) = unit_on_the_map(admin, addr, call_sign, at).await;
         units.push((id, mqtt));
     }
     let dispatcher = world.hub.login(&world.tenant, Role::Dispatcher).await;
     let report = json!({"location": {"lat": scene.0, "lon": scene.1}, "priority": "urgent", "description": "fall at home", "dispatch": "propose"});
-    let proposed = dispatcher.post("/api/incidents", report.clone()).await.unwrap().expect(201);
-    let id = proposed["id"].as_str().unwrap().to_owned();
+    let (proposed, id) = incident_reported(&dispatcher, report.clone()).await;
     assert_eq!(proposed["status"], "proposed");
     assert_eq!(proposed["proposed_unit_id"], units[0].0.to_string(), "the nearest unit is proposed");
     assert!(proposed["unit_id"].is_null());
@@ -1334,9 +1283,8 @@ async fn a_proposed_dispatch_waits_for_the_dispatcher_who_may_send_another_unit(
     assert_eq!(again.status, 409, "a dispatched incident is not dispatched twice");
 
     // A second proposal confirmed as it stands sends the proposed (nearest free) unit.
-    let second = dispatcher.post("/api/incidents", report).await.unwrap().expect(201);
+    let (second, second_id) = incident_reported(&dispatcher, report).await;
     assert_eq!(second["proposed_unit_id"], units[0].0.to_string());
-    let second_id = second["id"].as_str().unwrap();
     let confirmed = dispatcher.post(&format!("/api/incidents/{second_id}/dispatch"), Value::Null).await.unwrap().ok();
     assert_eq!(confirmed["unit_id"], units[0].0.to_string());
     assert_eq!(command(&mut units[0].1).await["incident_id"], second_id);
@@ -1361,29 +1309,13 @@ async fn every_vitals_reading_a_monitor_was_acknowledged_for_survives_a_kill_9_o
     let mut hub = common::spawn_hub_with(options()).await;
     let addr = mqtt_addr(&hub).await;
     let admin = hub.login(&tenant, Role::Admin).await;
-    let unit_id = unit(&admin, "AMB-31").await;
-    let login = device(&admin, "alpha", unit_id, "ambulance").await;
+    let (unit_id, login, mut crew) = unit_on_the_map(&admin, addr, "AMB-31", (-1.3050, 36.8000)).await;
     let monitor = device(&admin, "alpha", unit_id, "monitor").await;
-    let mut crew = Mqtt::login(addr, &login).await;
-    crew.client.subscribe(login.topic("cmd"), QoS::AtLeastOnce).await.unwrap();
-    crew.suback().await;
-    crew.client.publish(login.topic("gps"), QoS::AtLeastOnce, false, gps_fix(-1.3050, 36.8000, &now())).await.unwrap();
-    crew.pubacks(1).await;
-    while unit_position(&admin, unit_id).await.is_null() {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     let dispatcher = hub.login(&tenant, Role::Dispatcher).await;
-    let incident = dispatcher
-        .post("/api/incidents", json!({"location": {"lat": -1.3000, "lon": 36.8000}, "priority": "critical", "description": "chest pain"}))
-        .await
-        .unwrap()
-        .expect(201);
-    let id = incident["id"].as_str().unwrap().to_owned();
+    let (incident, id) = incident_reported(&dispatcher, json!({"location": {"lat": -1.3000, "lon": 36.8000}, "priority": "critical", "description": "chest pain"})).await;
     assert_eq!(incident["unit_id"], unit_id.to_string());
     command(&mut crew).await;
-    report(&crew, &login, "ack", &id).await;
-    report(&crew, &login, "on_scene", &id).await;
-    incident_reaches(&dispatcher, &id, "on_scene").await;
+    crew_reports(&dispatcher, &crew, &login, &id, &["ack", "on_scene"], "on_scene").await;
 
     // The monitor sends a burst as fast as it can, each reading told apart by its pulse, and
     // counts the PUBACKs; the hub is killed the moment the last one arrives.

@@ -13,8 +13,6 @@
 //! after the membership check, and the rest of the hub, consult chat included, works on.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -31,7 +29,7 @@ use medhub_actors::runtime::ActorRuntime;
 use medhub_actors::topics::Topic;
 use medhub_actors::{ActorError, Caller, Principal};
 use medhub_media::{ParticipantStats, Peer, SignalIn, SignalOut, Sfu};
-use medhub_realtime::{ConsultSignaling, JoinedRoom, SignalOutbox, SignalingPeer, SignalingRefusal};
+use medhub_realtime::{ConsultSignaling, JoinedRoom, SignalOutbox, SignalingFuture, SignalingPeer, SignalingRefusal};
 
 /// The hub's consult metrics (the SFU registers its own media metrics).
 #[derive(Clone)]
@@ -232,13 +230,7 @@ async fn relay_to_client(mut signals: tokio::sync::mpsc::Receiver<SignalOut>, ou
 }
 
 impl ConsultSignaling for ConsultRooms {
-    fn join(
-        &self,
-        principal: Principal,
-        source_addr: Option<String>,
-        topic: String,
-        outbox: SignalOutbox,
-    ) -> Pin<Box<dyn Future<Output = Result<JoinedRoom, SignalingRefusal>>>> {
+    fn join(&self, principal: Principal, source_addr: Option<String>, topic: String, outbox: SignalOutbox) -> SignalingFuture<'static, Result<JoinedRoom, SignalingRefusal>> {
         let rooms = self.clone();
         Box::pin(async move {
             let joined = rooms.join_room(principal, source_addr, topic, outbox).await;
@@ -263,7 +255,7 @@ struct RoomPeer {
 }
 
 impl SignalingPeer for RoomPeer {
-    fn signal(&self, message: Value) -> Pin<Box<dyn Future<Output = Result<(), SignalingRefusal>> + '_>> {
+    fn signal(&self, message: Value) -> SignalingFuture<'_, Result<(), SignalingRefusal>> {
         Box::pin(async move {
             let signal: SignalIn = serde_json::from_value(message).map_err(|e| {
                 refusal("invalid_message", format!("a signal is {{kind: \"answer\", sdp}} or {{kind: \"candidate\", candidate}}: {e}"))
@@ -276,14 +268,14 @@ impl SignalingPeer for RoomPeer {
         })
     }
 
-    fn mute(&self, audio: bool, video: bool) -> Pin<Box<dyn Future<Output = Result<(), SignalingRefusal>> + '_>> {
+    fn mute(&self, audio: bool, video: bool) -> SignalingFuture<'_, Result<(), SignalingRefusal>> {
         Box::pin(async move {
             let muted = self.actor.send(Mute { caller: self.caller.clone(), audio, video }).await;
             muted.map_err(ActorError::from).and_then(|result| result).map(|_| ()).map_err(actor_refusal)
         })
     }
 
-    fn leave(self: Box<Self>, dropped: bool) -> Pin<Box<dyn Future<Output = ()>>> {
+    fn leave(self: Box<Self>, dropped: bool) -> SignalingFuture<'static, ()> {
         Box::pin(async move {
             self.leaving.store(true, Ordering::SeqCst);
             {

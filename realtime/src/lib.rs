@@ -14,6 +14,6 @@ pub mod session;
 
 pub use broker::Broker;
 pub use session::{
-    ws_endpoint, Authenticated, Authenticator, ConsultSignaling, JoinedRoom, Realtime, RealtimeConfig, SignalOutbox, SignalingPeer,
-    SignalingRefusal,
+    ws_endpoint, Authenticated, Authenticator, ConsultSignaling, JoinedRoom, Realtime, RealtimeConfig, SignalOutbox, SignalingFuture,
+    SignalingPeer, SignalingRefusal,
 };

@@ -75,26 +75,24 @@ pub struct JoinedRoom {
     pub info: Value,
 }
 
+/// What a signaling call hands back: a boxed future that may borrow the peer for `'a`. It runs on
+/// the connection's own task, so it need not be `Send`.
+pub type SignalingFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
+
 /// The media signaling of consult topics; implemented by the hub (membership, the SFU, presence).
 pub trait ConsultSignaling: Send + Sync + 'static {
     /// Joins `topic`'s room as `principal` (connected from `source_addr`); what the media side
     /// says to this client goes to `outbox`. A refused caller never reaches media.
-    fn join(
-        &self,
-        principal: Principal,
-        source_addr: Option<String>,
-        topic: String,
-        outbox: SignalOutbox,
-    ) -> Pin<Box<dyn Future<Output = Result<JoinedRoom, SignalingRefusal>>>>;
+    fn join(&self, principal: Principal, source_addr: Option<String>, topic: String, outbox: SignalOutbox) -> SignalingFuture<'static, Result<JoinedRoom, SignalingRefusal>>;
 }
 
 /// One connection's place in one room.
 pub trait SignalingPeer {
     /// An answer (`{kind: "answer", sdp}`) or an ICE candidate (`{kind: "candidate", candidate}`).
-    fn signal(&self, message: Value) -> Pin<Box<dyn Future<Output = Result<(), SignalingRefusal>> + '_>>;
-    fn mute(&self, audio: bool, video: bool) -> Pin<Box<dyn Future<Output = Result<(), SignalingRefusal>> + '_>>;
+    fn signal(&self, message: Value) -> SignalingFuture<'_, Result<(), SignalingRefusal>>;
+    fn mute(&self, audio: bool, video: bool) -> SignalingFuture<'_, Result<(), SignalingRefusal>>;
     /// Leaves the room; `dropped` when the connection went away without `leave`.
-    fn leave(self: Box<Self>, dropped: bool) -> Pin<Box<dyn Future<Output = ()>>>;
+    fn leave(self: Box<Self>, dropped: bool) -> SignalingFuture<'static, ()>;
 }
 
 #[derive(Debug, Clone)]

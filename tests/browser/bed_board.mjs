@@ -4,69 +4,29 @@
 // the page's WebSocket while a change happens and checks that the console resubscribes with
 // `since` and catches up on exactly what it missed.
 //
-// Run against a running hub (e.g. `hub demo --listen 127.0.0.1:18123`):
+// Run by tests/browser.rs against a fresh `hub demo`; by hand, against a running hub (e.g.
+// `hub demo --listen 127.0.0.1:18123`), after `npm ci --prefix tests/browser`:
 //   MEDHUB_URL=http://127.0.0.1:18123 node tests/browser/bed_board.mjs
 // Environment: MEDHUB_URL (required), MEDHUB_TENANT (demo), MEDHUB_EMAIL (nurse@demo.medhub),
 // MEDHUB_PASSWORD (medhub-demo-2026), CHROMIUM_PATH (/usr/bin/chromium).
 // Exits 0 when every check passes, 1 with a message naming the failed check otherwise.
+// The helpers every story shares (the API, the sign-in form, the watchdog, …) are in ./lib.mjs.
 
-import { chromium } from 'playwright-core';
+import { api, apiLogin, baseConfig, dataSeq, fail, markDocument, runStory, signInThroughForm, stepper, watchForProblems, withChromium } from './lib.mjs';
 
 const config = {
-  url: (process.env.MEDHUB_URL || '').replace(/\/+$/, ''),
-  tenant: process.env.MEDHUB_TENANT || 'demo',
+  ...baseConfig,
   email: process.env.MEDHUB_EMAIL || 'nurse@demo.medhub',
-  password: process.env.MEDHUB_PASSWORD || 'medhub-demo-2026',
-  chromium: process.env.CHROMIUM_PATH || '/usr/bin/chromium',
 };
 
 /** How long a change may take to reach the page. */
 const LIVE_TIMEOUT_MS = 10_000;
-/** How long the console may take to sign in and draw the board. */
-const RENDER_TIMEOUT_MS = 20_000;
 /** The whole run; a hung browser or hub must not hang CI. */
 const RUN_TIMEOUT_MS = 120_000;
 
-class CheckFailed extends Error {}
-
-function fail(message) {
-  throw new CheckFailed(message);
-}
-
-function step(message) {
-  console.log(`[bed-board] ${message}`);
-}
+const step = stepper('bed-board');
 
 // ---- The hub's HTTP API, used directly (not through the page) --------------------------------
-
-async function api(method, path, { token, body } = {}) {
-  const headers = { Accept: 'application/json' };
-  if (body !== undefined) headers['Content-Type'] = 'application/json';
-  if (token) headers.Authorization = `Bearer ${token}`;
-  let response;
-  try {
-    response = await fetch(`${config.url}${path}`, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
-  } catch (error) {
-    fail(`cannot reach the hub at ${config.url} (${error.cause?.code || error.cause?.message || error.message}); is it running?`);
-  }
-  const text = await response.text();
-  let json = null;
-  try {
-    json = text ? JSON.parse(text) : null;
-  } catch {
-    // reported below with the raw text
-  }
-  if (!response.ok) {
-    const detail = json ? `${json.error}: ${json.detail}` : text.slice(0, 200);
-    fail(`${method} ${path} answered ${response.status} (${detail})`);
-  }
-  return json;
-}
-
-async function apiLogin() {
-  const answer = await api('POST', '/api/auth/login', { body: { tenant: config.tenant, email: config.email, password: config.password } });
-  return answer.access_token;
-}
 
 /** The facility holding `bedId`, and the bed, from `GET /api/beds`. */
 async function findBed(token, bedId) {
@@ -86,42 +46,16 @@ async function setBedStatus(token, facilityId, bedId, status) {
 
 // ---- The page -------------------------------------------------------------------------------
 
-/** Records what would be a bug in the console: uncaught errors and CSP violations. */
-function watchForProblems(page, label) {
-  const problems = [];
-  page.on('pageerror', (error) => problems.push(`${label}: uncaught error: ${error.message}`));
-  page.on('console', (message) => {
-    if (message.type() !== 'error') return;
-    const text = message.text();
-    if (/Content Security Policy|Refused to/i.test(text)) problems.push(`${label}: CSP violation: ${text}`);
-    else step(`  (${label} console error: ${text})`);
-  });
-  return problems;
-}
-
-async function signInThroughForm(page) {
-  await page.goto(`${config.url}/`);
-  await page.locator('input[name="tenant"]').waitFor({ timeout: RENDER_TIMEOUT_MS });
-  await page.locator('input[name="tenant"]').fill(config.tenant);
-  await page.locator('input[name="email"]').fill(config.email);
-  await page.locator('input[name="password"]').fill(config.password);
-  await page.locator('form button[type="submit"]').click();
-  try {
-    await page.locator('[data-bed-id]').first().waitFor({ timeout: RENDER_TIMEOUT_MS });
-  } catch {
-    const error = await page.locator('[role="alert"]').allTextContents().catch(() => []);
-    const shown = error.map((t) => t.trim()).filter(Boolean).join(' | ');
-    fail(`no bed tiles within ${RENDER_TIMEOUT_MS / 1000} s of signing in${shown ? `; the page says: ${shown}` : ''}`);
-  }
+async function signIn(page) {
+  await signInThroughForm(page, { email: config.email, ready: page.locator('[data-bed-id]').first(), missing: (within) => `no bed tiles ${within}` });
   const tiles = await page.locator('[data-bed-id]').count();
   const seq = await boardSeq(page);
   if (seq === null) fail('the board root has no data-seq after rendering');
   return { tiles, seq };
 }
 
-async function boardSeq(page) {
-  const value = await page.locator('#bed-board').getAttribute('data-seq');
-  return value === null || value === '' ? null : Number(value);
+function boardSeq(page) {
+  return dataSeq(page, '#bed-board');
 }
 
 async function pickFreeBed(page) {
@@ -130,16 +64,8 @@ async function pickFreeBed(page) {
   return bedId;
 }
 
-/** Marks the document, so that a reload (which would hide a broken live update) is detected. */
-async function markDocument(page) {
-  const marker = `no-reload-${Date.now()}-${Math.random().toString(36).slice(2)}`;
-  await page.evaluate((value) => { window.__medhubTestMarker = value; }, marker);
-  let loads = 0;
-  page.on('load', () => { loads += 1; });
-  return async () => {
-    const still = await page.evaluate(() => window.__medhubTestMarker).catch(() => undefined);
-    if (still !== marker || loads > 0) fail('the page was reloaded; the board must update in place');
-  };
+function markBoard(page) {
+  return markDocument(page, 'the page was reloaded; the board must update in place');
 }
 
 async function waitForTileStatus(page, bedId, status, what) {
@@ -167,10 +93,10 @@ async function checkLiveUpdate(browser, token) {
   const context = await browser.newContext();
   try {
     const page = await context.newPage();
-    const problems = watchForProblems(page, 'check 1');
-    const { tiles, seq } = await signInThroughForm(page);
+    const problems = watchForProblems(page, { step, label: 'check 1' });
+    const { tiles, seq } = await signIn(page);
     step(`  signed in as ${config.email}; the board shows ${tiles} bed tiles at seq ${seq}`);
-    const assertNotReloaded = await markDocument(page);
+    const assertNotReloaded = await markBoard(page);
 
     const bedId = await pickFreeBed(page);
     const { facility, ward, bed } = await findBed(token, bedId);
@@ -199,7 +125,7 @@ async function checkResumeAfterReconnect(browser, token) {
   const context = await browser.newContext();
   try {
     const page = await context.newPage();
-    const problems = watchForProblems(page, 'check 2');
+    const problems = watchForProblems(page, { step, label: 'check 2' });
     // Stand between the page and the hub, so the test can hold back messages and cut the line.
     const links = [];
     await page.routeWebSocket((url) => url.pathname === '/ws', (ws) => {
@@ -214,8 +140,8 @@ async function checkResumeAfterReconnect(browser, token) {
         if (!link.holdBack) ws.send(message);
       });
     });
-    await signInThroughForm(page);
-    const assertNotReloaded = await markDocument(page);
+    await signIn(page);
+    const assertNotReloaded = await markBoard(page);
     const bedId = await pickFreeBed(page);
     const { facility, bed } = await findBed(token, bedId);
     const seqBefore = await boardSeq(page);
@@ -263,33 +189,11 @@ async function restoreBeds(token) {
 async function main() {
   if (!config.url) fail('set MEDHUB_URL to the hub, e.g. MEDHUB_URL=http://127.0.0.1:18123');
   step(`hub ${config.url}, tenant ${config.tenant}, user ${config.email}, chromium ${config.chromium}`);
-  const token = await apiLogin();
-  let browser;
-  const watchdog = setTimeout(async () => {
-    console.error(`FAIL: the run took longer than ${RUN_TIMEOUT_MS / 1000} s`);
-    process.exitCode = 1;
-    await Promise.race([browser?.close(), new Promise((resolve) => setTimeout(resolve, 5_000))]);
-    process.exit(1);
-  }, RUN_TIMEOUT_MS);
-  try {
-    try {
-      browser = await chromium.launch({ executablePath: config.chromium, args: ['--no-sandbox'] });
-    } catch (error) {
-      fail(`cannot start Chromium at ${config.chromium}: ${error.message.split('\n')[0]}`);
-    }
+  const token = await apiLogin(config.email);
+  await withChromium({ runTimeoutMs: RUN_TIMEOUT_MS, cleanUp: () => restoreBeds(token) }, async (browser) => {
     await checkLiveUpdate(browser, token);
     await checkResumeAfterReconnect(browser, token);
-  } finally {
-    clearTimeout(watchdog);
-    await restoreBeds(token).catch(() => {});
-    if (browser) await browser.close();
-  }
+  });
 }
 
-try {
-  await main();
-  step('PASS: the bed board follows the hub live and catches up after a reconnect');
-} catch (error) {
-  console.error(`FAIL: ${error instanceof CheckFailed ? error.message : error.stack || error}`);
-  process.exitCode = 1;
-}
+await runStory(step, main, 'PASS: the bed board follows the hub live and catches up after a reconnect');

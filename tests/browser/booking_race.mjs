@@ -10,27 +10,24 @@
 // run and found again on later ones; the appointment booked is cancelled at the end, so the run
 // can be repeated against the same hub.
 //
-// Run against a running hub (e.g. `hub demo --listen 127.0.0.1:18124`):
+// Run by tests/browser_booking.rs against a fresh `hub demo`; by hand, against a running hub (e.g.
+// `hub demo --listen 127.0.0.1:18124`), after `npm ci --prefix tests/browser`:
 //   MEDHUB_URL=http://127.0.0.1:18124 node tests/browser/booking_race.mjs
 // Environment: MEDHUB_URL (required), MEDHUB_TENANT (demo), MEDHUB_PASSWORD (medhub-demo-2026),
 // MEDHUB_EMAIL_A (nurse@demo.medhub), MEDHUB_EMAIL_B (admin@demo.medhub), CHROMIUM_PATH
 // (/usr/bin/chromium). Exits 0 when every check passes, 1 with a message naming the failed check.
+// The helpers every story shares (the API, the sign-in form, the watchdog, …) are in ./lib.mjs.
 
-import { chromium } from 'playwright-core';
+import { api, apiLogin, baseConfig, dayIn, fail, RENDER_TIMEOUT_MS, runStory, signInThroughForm, stepper, watchForProblems, withChromium } from './lib.mjs';
 
 const config = {
-  url: (process.env.MEDHUB_URL || '').replace(/\/+$/, ''),
-  tenant: process.env.MEDHUB_TENANT || 'demo',
-  password: process.env.MEDHUB_PASSWORD || 'medhub-demo-2026',
+  ...baseConfig,
   emailA: process.env.MEDHUB_EMAIL_A || 'nurse@demo.medhub',
   emailB: process.env.MEDHUB_EMAIL_B || 'admin@demo.medhub',
-  chromium: process.env.CHROMIUM_PATH || '/usr/bin/chromium',
 };
 
 /** How long a change may take to reach a page. */
 const LIVE_TIMEOUT_MS = 10_000;
-/** How long the console may take to sign in and draw a page. */
-const RENDER_TIMEOUT_MS = 20_000;
 /** The whole run; a hung browser or hub must not hang CI. */
 const RUN_TIMEOUT_MS = 120_000;
 /** A slot this close to now could pass while the test runs; it takes a later one. */
@@ -41,47 +38,9 @@ const TEST_PATIENTS = [
   { given_name: 'Rashid', family_name: TEST_FAMILY_NAME, birth_date: '1985-09-17', sex: 'male' },
 ];
 
-class CheckFailed extends Error {}
-
-function fail(message) {
-  throw new CheckFailed(message);
-}
-
-function step(message) {
-  console.log(`[booking-race] ${message}`);
-}
+const step = stepper('booking-race');
 
 // ---- The hub's HTTP API, used directly (not through the pages) -------------------------------
-
-async function api(method, path, { token, body, query } = {}) {
-  const headers = { Accept: 'application/json' };
-  if (body !== undefined) headers['Content-Type'] = 'application/json';
-  if (token) headers.Authorization = `Bearer ${token}`;
-  const search = query ? `?${new URLSearchParams(query)}` : '';
-  let response;
-  try {
-    response = await fetch(`${config.url}${path}${search}`, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
-  } catch (error) {
-    fail(`cannot reach the hub at ${config.url} (${error.cause?.code || error.cause?.message || error.message}); is it running?`);
-  }
-  const text = await response.text();
-  let json = null;
-  try {
-    json = text ? JSON.parse(text) : null;
-  } catch {
-    // reported below with the raw text
-  }
-  if (!response.ok) {
-    const detail = json ? `${json.error}: ${json.detail}` : text.slice(0, 200);
-    fail(`${method} ${path} answered ${response.status} (${detail})`);
-  }
-  return json;
-}
-
-async function apiLogin(email) {
-  const answer = await api('POST', '/api/auth/login', { body: { tenant: config.tenant, email, password: config.password } });
-  return answer.access_token;
-}
 
 /** This test's two patients: found by name, registered if missing. */
 async function testPatients(token) {
@@ -101,13 +60,6 @@ async function testPatients(token) {
 function addDays(day, count) {
   const [year, month, date] = day.split('-').map(Number);
   return new Date(Date.UTC(year, month - 1, date + count)).toISOString().slice(0, 10);
-}
-
-/** The doctor's calendar day of `instant`, in their facility's time zone. */
-function dayIn(instant, timeZone) {
-  const parts = Object.fromEntries(new Intl.DateTimeFormat('en-US', { timeZone, year: 'numeric', month: '2-digit', day: '2-digit' })
-    .formatToParts(new Date(instant)).map(({ type, value }) => [type, value]));
-  return `${parts.year}-${parts.month}-${parts.day}`;
 }
 
 /**
@@ -131,43 +83,15 @@ async function pickDoctorDaySlot(token) {
 
 // ---- The pages ------------------------------------------------------------------------------
 
-/** Records what would be a bug in the console: uncaught errors and CSP violations. */
-function watchForProblems(page, label) {
-  const problems = [];
-  page.on('pageerror', (error) => problems.push(`${label}: uncaught error: ${error.message}`));
-  page.on('console', (message) => {
-    if (message.type() !== 'error') return;
-    const text = message.text();
-    if (/Content Security Policy|Refused to/i.test(text)) problems.push(`${label}: CSP violation: ${text}`);
-    // The losing page's 409 is logged by Chromium as a failed resource; that is the expected answer.
-    else if (!/status of 409/.test(text)) step(`  (${label} console error: ${text})`);
-  });
-  return problems;
-}
-
-async function signInThroughForm(page, email, label) {
-  await page.goto(`${config.url}/`);
-  await page.locator('input[name="tenant"]').waitFor({ timeout: RENDER_TIMEOUT_MS });
-  await page.locator('input[name="tenant"]').fill(config.tenant);
-  await page.locator('input[name="email"]').fill(email);
-  await page.locator('input[name="password"]').fill(config.password);
-  await page.locator('form button[type="submit"]').click();
-  try {
-    await page.locator('.nav__link[data-page="book"]').waitFor({ timeout: RENDER_TIMEOUT_MS });
-  } catch {
-    const error = await page.locator('[role="alert"]').allTextContents().catch(() => []);
-    const shown = error.map((t) => t.trim()).filter(Boolean).join(' | ');
-    fail(`${label}: no "Book" entry in the navigation within ${RENDER_TIMEOUT_MS / 1000} s of signing in as ${email}${shown ? `; the page says: ${shown}` : ''}`);
-  }
-}
-
 /** Signs in, opens #/book and chooses the doctor, the day, the slot and the patient. */
 async function prepareBooking(browser, { email, label, doctor, day, slot, patient }) {
   const context = await browser.newContext();
   const page = await context.newPage();
-  const problems = watchForProblems(page, label);
-  await signInThroughForm(page, email, label);
-  await page.locator('.nav__link[data-page="book"]').click();
+  // The losing page's 409 is logged by Chromium as a failed resource; that is the expected answer.
+  const problems = watchForProblems(page, { step, label, expected: /status of 409/ });
+  const bookEntry = page.locator('.nav__link[data-page="book"]');
+  await signInThroughForm(page, { email, ready: bookEntry, missing: (within) => `${label}: no "Book" entry in the navigation ${within} as ${email}` });
+  await bookEntry.click();
   const doctorButton = page.locator(`.doctor-option[data-doctor-id="${doctor.id}"]`);
   await doctorButton.waitFor({ timeout: RENDER_TIMEOUT_MS })
     .catch(() => fail(`${label}: the booking page lists no doctor ${doctor.display_name} (${doctor.id})`));
@@ -275,31 +199,7 @@ async function main() {
   if (!config.url) fail('set MEDHUB_URL to the hub, e.g. MEDHUB_URL=http://127.0.0.1:18124');
   step(`hub ${config.url}, tenant ${config.tenant}, page A ${config.emailA}, page B ${config.emailB}, chromium ${config.chromium}`);
   const token = await apiLogin(config.emailB);
-  let browser;
-  const watchdog = setTimeout(async () => {
-    console.error(`FAIL: the run took longer than ${RUN_TIMEOUT_MS / 1000} s`);
-    process.exitCode = 1;
-    await Promise.race([browser?.close(), new Promise((resolve) => setTimeout(resolve, 5_000))]);
-    process.exit(1);
-  }, RUN_TIMEOUT_MS);
-  try {
-    try {
-      browser = await chromium.launch({ executablePath: config.chromium, args: ['--no-sandbox'] });
-    } catch (error) {
-      fail(`cannot start Chromium at ${config.chromium}: ${error.message.split('\n')[0]}`);
-    }
-    await raceForOneSlot(browser, token);
-  } finally {
-    clearTimeout(watchdog);
-    await cancelBooked(token).catch(() => {});
-    if (browser) await browser.close();
-  }
+  await withChromium({ runTimeoutMs: RUN_TIMEOUT_MS, cleanUp: () => cancelBooked(token) }, (browser) => raceForOneSlot(browser, token));
 }
 
-try {
-  await main();
-  step('PASS: two front desks raced for one slot; the hub took one booking, the other page showed the conflict, and both dropped the slot');
-} catch (error) {
-  console.error(`FAIL: ${error instanceof CheckFailed ? error.message : error.stack || error}`);
-  process.exitCode = 1;
-}
+await runStory(step, main, 'PASS: two front desks raced for one slot; the hub took one booking, the other page showed the conflict, and both dropped the slot');

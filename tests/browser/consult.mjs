@@ -18,30 +18,28 @@
 //      ended, the doctor's with the appointment completed, and the patient's own appointments show
 //      it completed.
 //
-// Run by tests/browser_consult.rs against a hub it set up; by hand:
+// Run by tests/browser_consult.rs against a hub it set up; by hand (after
+// `npm ci --prefix tests/browser`):
 //   MEDHUB_URL=http://127.0.0.1:18124 MEDHUB_TENANT=alpha MEDHUB_PASSWORD=... \
 //   MEDHUB_DOCTOR_EMAIL=doctor@alpha.test MEDHUB_PATIENT_EMAIL=patient@alpha.test \
 //   MEDHUB_APPOINTMENT=<a booked video appointment of that doctor and patient> node tests/browser/consult.mjs
-// MEDHUB_SCREENSHOTS=<dir> also saves each page as a PNG at the main steps (to look at the room).
-// Exits 0 when every check passes, 1 with a message naming the failed check.
+// MEDHUB_TENANT (demo), MEDHUB_PASSWORD (medhub-demo-2026) and CHROMIUM_PATH (/usr/bin/chromium)
+// have defaults; MEDHUB_SCREENSHOTS=<dir> also saves each page as a PNG at the main steps (to look
+// at the room). Exits 0 when every check passes, 1 with a message naming the failed check.
+// The helpers every story shares (the API, the sign-in form, the watchdog, …) are in ./lib.mjs.
 
-import { chromium } from 'playwright-core';
+import { api, apiSession, baseConfig, dayIn, fail, RENDER_TIMEOUT_MS, runStory, signInThroughForm, stepper, watchForProblems, withChromium } from './lib.mjs';
 
 const config = {
-  url: (process.env.MEDHUB_URL || '').replace(/\/+$/, ''),
-  tenant: process.env.MEDHUB_TENANT || 'demo',
-  password: process.env.MEDHUB_PASSWORD || 'medhub-demo-2026',
+  ...baseConfig,
   doctorEmail: process.env.MEDHUB_DOCTOR_EMAIL || '',
   patientEmail: process.env.MEDHUB_PATIENT_EMAIL || '',
   appointment: process.env.MEDHUB_APPOINTMENT || '',
-  chromium: process.env.CHROMIUM_PATH || '/usr/bin/chromium',
   screenshots: process.env.MEDHUB_SCREENSHOTS || '',
 };
 
 /** How long a change may take to reach a page. */
 const LIVE_TIMEOUT_MS = 15_000;
-/** How long the console may take to sign in and draw a page. */
-const RENDER_TIMEOUT_MS = 20_000;
 /** How long media may take to flow once both are in the room (ICE, DTLS, a keyframe). */
 const MEDIA_TIMEOUT_MS = 30_000;
 /** The whole run; a hung browser or hub must not hang CI. */
@@ -56,64 +54,9 @@ const RECORD = {
   follow_up: 'Video review in two weeks',
 };
 
-class CheckFailed extends Error {}
-
-function fail(message) {
-  throw new CheckFailed(message);
-}
-
-function step(message) {
-  console.log(`[consult] ${message}`);
-}
-
-// ---- The hub's HTTP API, used directly (not through the pages) -------------------------------
-
-async function api(method, path, { token, body } = {}) {
-  const headers = { Accept: 'application/json' };
-  if (body !== undefined) headers['Content-Type'] = 'application/json';
-  if (token) headers.Authorization = `Bearer ${token}`;
-  let response;
-  try {
-    response = await fetch(`${config.url}${path}`, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
-  } catch (error) {
-    fail(`cannot reach the hub at ${config.url} (${error.cause?.code || error.cause?.message || error.message}); is it running?`);
-  }
-  const text = await response.text();
-  let json = null;
-  try {
-    json = text ? JSON.parse(text) : null;
-  } catch {
-    // reported below with the raw text
-  }
-  if (!response.ok) fail(`${method} ${path} answered ${response.status} (${json ? `${json.error}: ${json.detail}` : text.slice(0, 200)})`);
-  return json;
-}
-
-async function apiLogin(email) {
-  return api('POST', '/api/auth/login', { body: { tenant: config.tenant, email, password: config.password } });
-}
-
-/** The doctor's calendar day of `instant`, in their facility's time zone. */
-function dayIn(instant, timeZone) {
-  const parts = Object.fromEntries(new Intl.DateTimeFormat('en-US', { timeZone, year: 'numeric', month: '2-digit', day: '2-digit' })
-    .formatToParts(new Date(instant)).map(({ type, value }) => [type, value]));
-  return `${parts.year}-${parts.month}-${parts.day}`;
-}
+const step = stepper('consult');
 
 // ---- The pages ------------------------------------------------------------------------------
-
-/** Records what would be a bug in the console: uncaught errors and CSP violations. */
-function watchForProblems(page, label) {
-  const problems = [];
-  page.on('pageerror', (error) => problems.push(`${label}: uncaught error: ${error.message}`));
-  page.on('console', (message) => {
-    const text = message.text();
-    if (message.type() === 'error' && /Content Security Policy|Refused to/i.test(text)) problems.push(`${label}: CSP violation: ${text}`);
-    // The patient's page asks for the consult before the doctor opened it: those 404s are expected.
-    else if ((message.type() === 'error' || message.type() === 'warning') && !/status of 404/.test(text)) step(`  (${label} console ${message.type()}: ${text})`);
-  });
-  return problems;
-}
 
 async function signIn(browser, email, label, navEntry) {
   const context = await browser.newContext({ permissions: ['camera', 'microphone'] });
@@ -129,18 +72,11 @@ async function signIn(browser, email, label, navEntry) {
     };
   });
   const page = await context.newPage();
-  const problems = watchForProblems(page, label);
-  await page.goto(`${config.url}/`);
-  await page.locator('input[name="tenant"]').waitFor({ timeout: RENDER_TIMEOUT_MS });
-  await page.locator('input[name="tenant"]').fill(config.tenant);
-  await page.locator('input[name="email"]').fill(email);
-  await page.locator('input[name="password"]').fill(config.password);
-  await page.locator('form button[type="submit"]').click();
+  // Warnings are printed too. The patient's page asks for the consult before the doctor opened it:
+  // those 404s are expected.
+  const problems = watchForProblems(page, { step, label, logged: ['error', 'warning'], expected: /status of 404/ });
   const link = page.locator(`.nav__link[data-page="${navEntry}"]`);
-  await link.waitFor({ timeout: RENDER_TIMEOUT_MS }).catch(async () => {
-    const shown = (await page.locator('[role="alert"]').allTextContents().catch(() => [])).map((t) => t.trim()).filter(Boolean).join(' | ');
-    fail(`${label}: no "${navEntry}" entry in the navigation within ${RENDER_TIMEOUT_MS / 1000} s of signing in as ${email}${shown ? `; the page says: ${shown}` : ''}`);
-  });
+  await signInThroughForm(page, { email, ready: link, missing: (within) => `${label}: no "${navEntry}" entry in the navigation ${within} as ${email}` });
   await link.click();
   return { context, page, problems, label };
 }
@@ -192,8 +128,8 @@ async function checkRemoteVideoPlays(side, participant, video) {
 // ---- The story ------------------------------------------------------------------------------
 
 async function consult(browser) {
-  const doctorLogin = await apiLogin(config.doctorEmail);
-  const patientLogin = await apiLogin(config.patientEmail);
+  const doctorLogin = await apiSession(config.doctorEmail);
+  const patientLogin = await apiSession(config.patientEmail);
   const doctorUser = doctorLogin.user.id;
   const patientUser = patientLogin.user.id;
   const answer = await api('GET', `/api/appointments/${config.appointment}`, { token: doctorLogin.access_token });
@@ -326,43 +262,19 @@ async function main() {
     if (!value) fail(`set ${name} (see the head of this file)`);
   }
   step(`hub ${config.url}, tenant ${config.tenant}, chromium ${config.chromium}`);
-  let browser;
-  const watchdog = setTimeout(async () => {
-    console.error(`FAIL: the run took longer than ${RUN_TIMEOUT_MS / 1000} s`);
-    process.exitCode = 1;
-    await Promise.race([browser?.close(), new Promise((resolve) => setTimeout(resolve, 5_000))]);
-    process.exit(1);
-  }, RUN_TIMEOUT_MS);
-  try {
-    try {
-      browser = await chromium.launch({
-        executablePath: config.chromium,
-        args: [
-          '--no-sandbox',
-          // A test pattern and a beep instead of a real camera and microphone, allowed without asking.
-          '--use-fake-device-for-media-stream',
-          '--use-fake-ui-for-media-stream',
-          // The hub offers 127.0.0.1 among its candidates; let Chromium use loopback too, and show
-          // its own addresses rather than mDNS names, so the two meet on any machine.
-          '--allow-loopback-in-peer-connection',
-          '--disable-features=WebRtcHideLocalIpsWithMdns',
-        ],
-      });
-    } catch (error) {
-      fail(`cannot start Chromium at ${config.chromium}: ${error.message.split('\n')[0]}`);
-    }
-    await consult(browser);
-  } finally {
-    clearTimeout(watchdog);
-    if (browser) await browser.close();
-  }
+  await withChromium({
+    runTimeoutMs: RUN_TIMEOUT_MS,
+    args: [
+      // A test pattern and a beep instead of a real camera and microphone, allowed without asking.
+      '--use-fake-device-for-media-stream',
+      '--use-fake-ui-for-media-stream',
+      // The hub offers 127.0.0.1 among its candidates; let Chromium use loopback too, and show
+      // its own addresses rather than mDNS names, so the two meet on any machine.
+      '--allow-loopback-in-peer-connection',
+      '--disable-features=WebRtcHideLocalIpsWithMdns',
+    ],
+  }, consult);
 }
 
 const started = Date.now();
-try {
-  await main();
-  step(`PASS in ${((Date.now() - started) / 1000).toFixed(1)} s: the doctor and the patient saw each other through the hub, the patient's page rejoined after a dropped connection, they chatted, the patient left, and the doctor ended the consult with its record`);
-} catch (error) {
-  console.error(`FAIL: ${error instanceof CheckFailed ? error.message : error.stack || error}`);
-  process.exitCode = 1;
-}
+await runStory(step, main, () => `PASS in ${((Date.now() - started) / 1000).toFixed(1)} s: the doctor and the patient saw each other through the hub, the patient's page rejoined after a dropped connection, they chatted, the patient left, and the doctor ended the consult with its record`);

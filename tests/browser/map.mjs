@@ -5,76 +5,36 @@
 // dispatcher selects the unit (keyboard): its track is drawn through both fixes; the unit's monitor
 // publishes vital signs and the unit panel shows them with their NEWS2 score and band.
 //
-// Run against a running hub (e.g. `hub demo --listen 127.0.0.1:18126 --mqtt-listen 127.0.0.1:18830`):
+// Run by tests/browser_map.rs against a fresh `hub demo` with its MQTT endpoint; by hand, against a
+// running hub (e.g. `hub demo --listen 127.0.0.1:18126 --mqtt-listen 127.0.0.1:18830`), after
+// `npm ci --prefix tests/browser`:
 //   MEDHUB_URL=http://127.0.0.1:18126 MEDHUB_MQTT=127.0.0.1:18830 node tests/browser/map.mjs
 // Environment: MEDHUB_URL and MEDHUB_MQTT (host:port) required; MEDHUB_TENANT (demo),
 // MEDHUB_ADMIN_EMAIL (admin@demo.medhub), MEDHUB_EMAIL (dispatcher@demo.medhub),
 // MEDHUB_PASSWORD (medhub-demo-2026), CHROMIUM_PATH (/usr/bin/chromium), MEDHUB_SCREENSHOT (a
 // path: save a picture of the page at the end).
 // Exits 0 when every check passes, 1 with a message naming the failed check otherwise.
+// The helpers every story shares (the API, the sign-in form, the watchdog, …) are in ./lib.mjs.
 
-import { chromium } from 'playwright-core';
 import mqtt from 'mqtt';
 
+import { api, apiLogin, baseConfig, CheckFailed, fail, markDocument, RENDER_TIMEOUT_MS, runStory, signInThroughForm, stepper, watchForProblems, withChromium } from './lib.mjs';
+
 const config = {
-  url: (process.env.MEDHUB_URL || '').replace(/\/+$/, ''),
+  ...baseConfig,
   mqtt: process.env.MEDHUB_MQTT || '',
-  tenant: process.env.MEDHUB_TENANT || 'demo',
   adminEmail: process.env.MEDHUB_ADMIN_EMAIL || 'admin@demo.medhub',
   email: process.env.MEDHUB_EMAIL || 'dispatcher@demo.medhub',
-  password: process.env.MEDHUB_PASSWORD || 'medhub-demo-2026',
-  chromium: process.env.CHROMIUM_PATH || '/usr/bin/chromium',
   screenshot: process.env.MEDHUB_SCREENSHOT || '',
 };
 
 /** How long a fix may take from MQTT publish to the marker. */
 const LIVE_TIMEOUT_MS = 10_000;
-/** How long the console may take to sign in and draw the map. */
-const RENDER_TIMEOUT_MS = 20_000;
 const MQTT_TIMEOUT_MS = 10_000;
 /** The whole run; a hung browser, broker or hub must not hang CI. */
 const RUN_TIMEOUT_MS = 120_000;
 
-class CheckFailed extends Error {}
-
-function fail(message) {
-  throw new CheckFailed(message);
-}
-
-function step(message) {
-  console.log(`[map] ${message}`);
-}
-
-// ---- The hub's HTTP API, used directly (not through the page) --------------------------------
-
-async function api(method, path, { token, body } = {}) {
-  const headers = { Accept: 'application/json' };
-  if (body !== undefined) headers['Content-Type'] = 'application/json';
-  if (token) headers.Authorization = `Bearer ${token}`;
-  let response;
-  try {
-    response = await fetch(`${config.url}${path}`, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
-  } catch (error) {
-    fail(`cannot reach the hub at ${config.url} (${error.cause?.code || error.cause?.message || error.message}); is it running?`);
-  }
-  const text = await response.text();
-  let json = null;
-  try {
-    json = text ? JSON.parse(text) : null;
-  } catch {
-    // reported below with the raw text
-  }
-  if (!response.ok) {
-    const detail = json ? `${json.error}: ${json.detail}` : text.slice(0, 200);
-    fail(`${method} ${path} answered ${response.status} (${detail})`);
-  }
-  return json;
-}
-
-async function apiLogin(email) {
-  const answer = await api('POST', '/api/auth/login', { body: { tenant: config.tenant, email, password: config.password } });
-  return answer.access_token;
-}
+const step = stepper('map');
 
 // ---- The device: an MQTT client ---------------------------------------------------------------
 
@@ -117,33 +77,13 @@ function closeDevice(client) {
 
 // ---- The page -------------------------------------------------------------------------------
 
-/** Records what would be a bug in the console: uncaught errors and CSP violations. */
-function watchForProblems(page) {
-  const problems = [];
-  page.on('pageerror', (error) => problems.push(`uncaught error: ${error.message}`));
-  page.on('console', (message) => {
-    if (message.type() !== 'error') return;
-    const text = message.text();
-    if (/Content Security Policy|Refused to/i.test(text)) problems.push(`CSP violation: ${text}`);
-    else step(`  (console error: ${text})`);
-  });
-  return problems;
-}
-
 async function signInAndOpenMap(page, unitId) {
-  await page.goto(`${config.url}/#/map`);
-  await page.locator('input[name="tenant"]').waitFor({ timeout: RENDER_TIMEOUT_MS });
-  await page.locator('input[name="tenant"]').fill(config.tenant);
-  await page.locator('input[name="email"]').fill(config.email);
-  await page.locator('input[name="password"]').fill(config.password);
-  await page.locator('form button[type="submit"]').click();
-  try {
-    await page.locator('#emergency-map:not([data-seq=""])').waitFor({ timeout: RENDER_TIMEOUT_MS });
-  } catch {
-    const error = await page.locator('[role="alert"]').allTextContents().catch(() => []);
-    const shown = error.map((t) => t.trim()).filter(Boolean).join(' | ');
-    fail(`the map did not load its snapshot within ${RENDER_TIMEOUT_MS / 1000} s of signing in (address ${page.url()})${shown ? `; the page says: ${shown}` : ''}`);
-  }
+  await signInThroughForm(page, {
+    email: config.email,
+    path: '/#/map',
+    ready: page.locator('#emergency-map:not([data-seq=""])'),
+    missing: (within) => `the map did not load its snapshot ${within} (address ${page.url()})`,
+  });
   if (!page.url().endsWith('#/map')) fail(`after signing in the dispatcher is at ${page.url()}, not #/map`);
   const marker = page.locator(`[data-unit-id="${unitId}"]`);
   await marker.waitFor({ state: 'attached', timeout: RENDER_TIMEOUT_MS })
@@ -151,18 +91,6 @@ async function signInAndOpenMap(page, unitId) {
   const facilities = await page.locator('[data-facility-id]').count();
   if (facilities === 0) fail('the map shows no facilities; the demo tenant has three');
   return { facilities, seq: await page.locator('#emergency-map').getAttribute('data-seq') };
-}
-
-/** Marks the document, so that a reload (which would hide a broken live update) is detected. */
-async function markDocument(page) {
-  const marker = `no-reload-${Date.now()}-${Math.random().toString(36).slice(2)}`;
-  await page.evaluate((value) => { window.__medhubTestMarker = value; }, marker);
-  let loads = 0;
-  page.on('load', () => { loads += 1; });
-  return async () => {
-    const still = await page.evaluate(() => window.__medhubTestMarker).catch(() => undefined);
-    if (still !== marker || loads > 0) fail('the page was reloaded; the map must update in place');
-  };
 }
 
 async function waitForMarkerAt(page, unitId, lat, lon, what) {
@@ -210,26 +138,14 @@ async function main() {
   if (!device?.username || !device?.password) fail(`POST /api/devices answered ${JSON.stringify(device)}; expected a username and password`);
   step(`registered unit ${callSign} (${unit.id}) and its device ${device.username}`);
 
-  let browser;
   let client;
-  const watchdog = setTimeout(async () => {
-    console.error(`FAIL: the run took longer than ${RUN_TIMEOUT_MS / 1000} s`);
-    process.exitCode = 1;
-    await Promise.race([Promise.all([browser?.close(), client?.end(true)]), new Promise((resolve) => setTimeout(resolve, 5_000))]);
-    process.exit(1);
-  }, RUN_TIMEOUT_MS);
-  try {
-    try {
-      browser = await chromium.launch({ executablePath: config.chromium, args: ['--no-sandbox'] });
-    } catch (error) {
-      fail(`cannot start Chromium at ${config.chromium}: ${error.message.split('\n')[0]}`);
-    }
+  await withChromium({ runTimeoutMs: RUN_TIMEOUT_MS, abort: () => client?.end(true), cleanUp: () => closeDevice(client) }, async (browser) => {
     const context = await browser.newContext({ viewport: { width: 1440, height: 960 } });
     const page = await context.newPage();
-    const problems = watchForProblems(page);
+    const problems = watchForProblems(page, { step });
     const { facilities, seq } = await signInAndOpenMap(page, unit.id);
     step(`signed in as ${config.email}; #/map shows ${facilities} facilities and the new unit's marker at seq ${seq}`);
-    const assertNotReloaded = await markDocument(page);
+    const assertNotReloaded = await markDocument(page, 'the page was reloaded; the map must update in place');
 
     client = await connectDevice(device);
     const topic = `medhub/${config.tenant}/ambulance/${unit.id}/gps`;
@@ -307,17 +223,7 @@ async function main() {
     }
     if (problems.length) fail(problems.join('\n'));
     await context.close();
-  } finally {
-    clearTimeout(watchdog);
-    await closeDevice(client);
-    if (browser) await browser.close();
-  }
+  });
 }
 
-try {
-  await main();
-  step('PASS: GPS fixes published over MQTT move the unit on the open map; its track and vitals are shown; a proposed dispatch waits for the dispatcher');
-} catch (error) {
-  console.error(`FAIL: ${error instanceof CheckFailed ? error.message : error.stack || error}`);
-  process.exitCode = 1;
-}
+await runStory(step, main, 'PASS: GPS fixes published over MQTT move the unit on the open map; its track and vitals are shown; a proposed dispatch waits for the dispatcher');

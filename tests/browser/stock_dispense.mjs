@@ -12,29 +12,26 @@
 // needs through the API (as the demo doctor, for a demo patient). The batches it uploads are
 // removed again at the end (they stay listed as removed for a day), so runs can be repeated.
 //
-// Run against a running hub (e.g. `hub demo --listen 127.0.0.1:18125`):
+// Run by tests/browser_pharmacy.rs against a fresh `hub demo`; by hand, against a running hub (e.g.
+// `hub demo --listen 127.0.0.1:18125`), after `npm ci --prefix tests/browser`:
 //   MEDHUB_URL=http://127.0.0.1:18125 node tests/browser/stock_dispense.mjs
 // Environment: MEDHUB_URL (required), MEDHUB_TENANT (demo), MEDHUB_PASSWORD (medhub-demo-2026),
 // MEDHUB_EMAIL (pharmacist@demo.medhub), MEDHUB_DOCTOR_EMAIL (doctor@demo.medhub),
 // MEDHUB_PHARMACY (Central General Hospital), CHROMIUM_PATH (/usr/bin/chromium).
 // Exits 0 when every check passes, 1 with a message naming the failed check otherwise.
+// The helpers every story shares (the API, the sign-in form, the watchdog, …) are in ./lib.mjs.
 
-import { chromium } from 'playwright-core';
+import { api, apiLogin, baseConfig, dataSeq, fail, markDocument, RENDER_TIMEOUT_MS, runStory, signInThroughForm, stepper, watchForProblems, withChromium } from './lib.mjs';
 
 const config = {
-  url: (process.env.MEDHUB_URL || '').replace(/\/+$/, ''),
-  tenant: process.env.MEDHUB_TENANT || 'demo',
-  password: process.env.MEDHUB_PASSWORD || 'medhub-demo-2026',
+  ...baseConfig,
   email: process.env.MEDHUB_EMAIL || 'pharmacist@demo.medhub',
   doctorEmail: process.env.MEDHUB_DOCTOR_EMAIL || 'doctor@demo.medhub',
   pharmacy: process.env.MEDHUB_PHARMACY || 'Central General Hospital',
-  chromium: process.env.CHROMIUM_PATH || '/usr/bin/chromium',
 };
 
 /** How long a change may take to reach a page. */
 const LIVE_TIMEOUT_MS = 10_000;
-/** How long the console may take to sign in and draw a page. */
-const RENDER_TIMEOUT_MS = 20_000;
 /** The whole run; a hung browser or hub must not hang CI. */
 const RUN_TIMEOUT_MS = 150_000;
 /** What the script prescribes when the demo's prescriptions are used up. */
@@ -43,47 +40,9 @@ const FALLBACK_QUANTITY = 14;
 /** What the upload receives. */
 const UPLOAD_MEDICATION = 'Paracetamol 500 mg tablet';
 
-class CheckFailed extends Error {}
-
-function fail(message) {
-  throw new CheckFailed(message);
-}
-
-function step(message) {
-  console.log(`[stock-dispense] ${message}`);
-}
+const step = stepper('stock-dispense');
 
 // ---- The hub's HTTP API, used directly (not through the pages) -------------------------------
-
-async function api(method, path, { token, body, query } = {}) {
-  const headers = { Accept: 'application/json' };
-  if (body !== undefined) headers['Content-Type'] = 'application/json';
-  if (token) headers.Authorization = `Bearer ${token}`;
-  const search = query ? `?${new URLSearchParams(query)}` : '';
-  let response;
-  try {
-    response = await fetch(`${config.url}${path}${search}`, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
-  } catch (error) {
-    fail(`cannot reach the hub at ${config.url} (${error.cause?.code || error.cause?.message || error.message}); is it running?`);
-  }
-  const text = await response.text();
-  let json = null;
-  try {
-    json = text ? JSON.parse(text) : null;
-  } catch {
-    // reported below with the raw text
-  }
-  if (!response.ok) {
-    const detail = json ? `${json.error}: ${json.detail}` : text.slice(0, 200);
-    fail(`${method} ${path} answered ${response.status} (${detail})`);
-  }
-  return json;
-}
-
-async function apiLogin(email) {
-  const answer = await api('POST', '/api/auth/login', { body: { tenant: config.tenant, email, password: config.password } });
-  return answer.access_token;
-}
 
 async function findPharmacy(token) {
   const facilities = await api('GET', '/api/facilities', { token });
@@ -137,33 +96,9 @@ function dateInDays(days) {
 
 // ---- The pages ------------------------------------------------------------------------------
 
-/** Records what would be a bug in the console: uncaught errors and CSP violations. */
-function watchForProblems(page, label) {
-  const problems = [];
-  page.on('pageerror', (error) => problems.push(`${label}: uncaught error: ${error.message}`));
-  page.on('console', (message) => {
-    if (message.type() !== 'error') return;
-    const text = message.text();
-    if (/Content Security Policy|Refused to/i.test(text)) problems.push(`${label}: CSP violation: ${text}`);
-    else step(`  (${label} console error: ${text})`);
-  });
-  return problems;
-}
-
 async function signIn(page, label) {
-  await page.goto(`${config.url}/`);
-  await page.locator('input[name="tenant"]').waitFor({ timeout: RENDER_TIMEOUT_MS });
-  await page.locator('input[name="tenant"]').fill(config.tenant);
-  await page.locator('input[name="email"]').fill(config.email);
-  await page.locator('input[name="password"]').fill(config.password);
-  await page.locator('form button[type="submit"]').click();
-  try {
-    // The pharmacist's home is the stock board.
-    await page.locator('#stock-board').waitFor({ timeout: RENDER_TIMEOUT_MS });
-  } catch {
-    const shown = (await page.locator('[role="alert"]').allTextContents().catch(() => [])).map((t) => t.trim()).filter(Boolean).join(' | ');
-    fail(`${label}: no stock board within ${RENDER_TIMEOUT_MS / 1000} s of signing in${shown ? `; the page says: ${shown}` : ''}`);
-  }
+  // The pharmacist's home is the stock board.
+  await signInThroughForm(page, { email: config.email, ready: page.locator('#stock-board'), missing: (within) => `${label}: no stock board ${within}` });
 }
 
 /** Chooses the pharmacy in a page's picker (it may be chosen already). */
@@ -174,21 +109,12 @@ async function choosePharmacy(page, selectId, pharmacy) {
   if (await select.inputValue() !== pharmacy.id) await select.selectOption(pharmacy.id);
 }
 
-/** Marks the document, so that a reload (which would hide a broken live update) is detected. */
-async function markDocument(page, label) {
-  const marker = `no-reload-${Date.now()}-${Math.random().toString(36).slice(2)}`;
-  await page.evaluate((value) => { window.__medhubTestMarker = value; }, marker);
-  let loads = 0;
-  page.on('load', () => { loads += 1; });
-  return async () => {
-    const still = await page.evaluate(() => window.__medhubTestMarker).catch(() => undefined);
-    if (still !== marker || loads > 0) fail(`${label} was reloaded; it must update in place`);
-  };
+function markPage(page, label) {
+  return markDocument(page, `${label} was reloaded; it must update in place`);
 }
 
-async function boardSeq(page) {
-  const value = await page.locator('#stock-board').getAttribute('data-seq');
-  return value === null || value === '' ? null : Number(value);
+function boardSeq(page) {
+  return dataSeq(page, '#stock-board');
 }
 
 /** Every batch row on the board: id → {onHand, reserved}. */
@@ -215,8 +141,8 @@ async function checkDispenseMovesTheBoard(pageA, pageB, pharmacy, prescription) 
   const seqBefore = await boardSeq(pageB);
   const reservedShown = Number(await row.getAttribute('data-reserved'));
   step(`  page A lists the prescription (${prescription.quantity} units, ${reservedShown} reserved); page B shows ${Object.keys(before).length} batch rows at seq ${seqBefore}`);
-  const assertANotReloaded = await markDocument(pageA, 'page A');
-  const assertBNotReloaded = await markDocument(pageB, 'page B');
+  const assertANotReloaded = await markPage(pageA, 'page A');
+  const assertBNotReloaded = await markPage(pageB, 'page B');
 
   const answered = pageA.waitForResponse((response) => response.url().includes(`/api/prescriptions/${prescription.id}/dispense`) && response.request().method() === 'POST', { timeout: LIVE_TIMEOUT_MS });
   await row.locator('[data-action="dispense"]').click();
@@ -332,42 +258,20 @@ async function main() {
   const token = await apiLogin(config.email);
   const pharmacy = await findPharmacy(token);
   const prescription = await waitingPrescription(token, pharmacy);
-  let browser;
-  const watchdog = setTimeout(async () => {
-    console.error(`FAIL: the run took longer than ${RUN_TIMEOUT_MS / 1000} s`);
-    process.exitCode = 1;
-    await Promise.race([browser?.close(), new Promise((resolve) => setTimeout(resolve, 5_000))]);
-    process.exit(1);
-  }, RUN_TIMEOUT_MS);
-  try {
-    try {
-      browser = await chromium.launch({ executablePath: config.chromium, args: ['--no-sandbox'] });
-    } catch (error) {
-      fail(`cannot start Chromium at ${config.chromium}: ${error.message.split('\n')[0]}`);
-    }
+  await withChromium({ runTimeoutMs: RUN_TIMEOUT_MS, cleanUp: () => removeUploaded(token) }, async (browser) => {
     const contextA = await browser.newContext({ viewport: { width: 1400, height: 1000 } });
     const contextB = await browser.newContext({ viewport: { width: 1400, height: 1000 } });
     const pageA = await contextA.newPage();
     const pageB = await contextB.newPage();
-    const problemsA = watchForProblems(pageA, 'page A');
-    const problemsB = watchForProblems(pageB, 'page B');
+    const problemsA = watchForProblems(pageA, { step, label: 'page A' });
+    const problemsB = watchForProblems(pageB, { step, label: 'page B' });
     await Promise.all([signIn(pageA, 'page A'), signIn(pageB, 'page B')]);
     step(`  both pages signed in as ${config.email}`);
     await checkDispenseMovesTheBoard(pageA, pageB, pharmacy, prescription);
     await checkUpload(pageB, pharmacy);
     const found = [...problemsA, ...problemsB];
     if (found.length) fail(found.join('\n'));
-  } finally {
-    clearTimeout(watchdog);
-    await removeUploaded(token).catch(() => {});
-    if (browser) await browser.close();
-  }
+  });
 }
 
-try {
-  await main();
-  step('PASS: a dispense moves the stock board live, and the upload reports its rejected line');
-} catch (error) {
-  console.error(`FAIL: ${error instanceof CheckFailed ? error.message : error.stack || error}`);
-  process.exitCode = 1;
-}
+await runStory(step, main, 'PASS: a dispense moves the stock board live, and the upload reports its rejected line');

@@ -643,34 +643,54 @@ fn chromium() -> String {
     std::env::var("CHROMIUM_PATH").unwrap_or_else(|_| "/usr/bin/chromium".to_owned())
 }
 
-/// Runs `tests/browser/<script>` (Playwright driving headless Chromium) against a fresh `hub demo`
-/// on its own database and fails with what the script and the hub printed. Needs Node.js,
-/// Chromium and `tests/browser/node_modules` (`bash scripts/test` installs them); without them it
-/// fails and says what to install: it never passes without a browser.
-pub async fn run_browser_story(script: &str) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+/// Fails, saying what to install, unless a browser story can run: Node.js, Chromium, and
+/// `playwright-core` and `node_packages` in `tests/browser/node_modules` (`bash scripts/test`
+/// installs them). A browser story never passes without a browser.
+pub fn require_browser(node_packages: &[&str]) {
+    let modules = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/node_modules");
     let missing: Vec<String> = [
         (Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success()), "Node.js (apt-get install nodejs)".to_owned()),
         (Path::new(&chromium()).exists(), format!("Chromium at {} (apt-get install chromium)", chromium())),
-        (dir.join("node_modules/playwright-core").exists(), "playwright-core (npm ci --prefix tests/browser)".to_owned()),
     ]
     .into_iter()
+    .chain(
+        ["playwright-core"]
+            .iter()
+            .chain(node_packages)
+            .map(|package| (modules.join(package).exists(), format!("{package} (npm ci --prefix tests/browser)"))),
+    )
     .filter(|(present, _)| !present)
     .map(|(_, what)| what)
     .collect();
     assert!(missing.is_empty(), "the browser test needs {}; `bash scripts/test` installs them", missing.join(", "));
+}
 
+/// Runs `tests/browser/<script>` (Playwright driving headless Chromium) against a fresh `hub demo`
+/// on its own database and fails with what the script and the hub printed; see [`require_browser`]
+/// for what it needs. A story that needs more (another hub, more environment) calls
+/// [`require_browser`] and [`run_browser_story_on`] itself.
+pub async fn run_browser_story(script: &str) {
+    require_browser(&[]);
     let db = TestDb::start().await;
     let mut options = HubOptions::serve(&db);
     options.command = "demo";
     let mut hub = spawn_hub_with(options).await;
-    let (url, script_path) = (hub.url.clone(), dir.join(script));
-    let output = tokio::task::spawn_blocking(move || Command::new("node").arg(script_path).env("MEDHUB_URL", url).env("CHROMIUM_PATH", chromium()).output())
-        .await
-        .expect("node task")
-        .expect("run node");
+    run_browser_story_on(&hub, script, &[]).await;
+    assert!(hub.terminate().await.success());
+}
+
+/// Runs `tests/browser/<script>` with Node.js against `hub` (`MEDHUB_URL`, `CHROMIUM_PATH`, and
+/// `env` besides) and fails with what the script and the hub printed unless it exits 0; prints
+/// what the script printed. Call [`require_browser`] first.
+pub async fn run_browser_story_on(hub: &Hub, script: &str, env: &[(&str, &str)]) {
+    let script_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser").join(script);
+    let mut command = Command::new("node");
+    command.arg(script_path).env("MEDHUB_URL", &hub.url).env("CHROMIUM_PATH", chromium());
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let output = tokio::task::spawn_blocking(move || command.output()).await.expect("node task").expect("run node");
     let printed = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     assert!(output.status.success(), "the browser story {script} failed:\n{printed}\nhub log:\n{}", hub.logs());
     println!("{printed}");
-    assert!(hub.terminate().await.success());
 }

@@ -10,11 +10,11 @@ use serde_json::json;
 use uuid::Uuid;
 
 use medhub_actors::dispatch::{self, CancelIncident, ConfirmDispatch, CreateIncident, DispatchMode, Priority};
-use medhub_actors::observations;
 use medhub_actors::{GeoPoint, Role};
 
 use super::error::ApiError;
 use super::extract::{path_id, Authenticated, Body};
+use super::patients::{observations_answer, ObservationsOf};
 use crate::server::AppState;
 
 const WATCHERS: &[Role] = &[Role::Admin, Role::Dispatcher, Role::Doctor, Role::Nurse];
@@ -106,18 +106,9 @@ async fn timeline(state: web::Data<AppState>, caller: Authenticated, path: web::
 
 /// The vital signs the incident's unit recorded (`from`, `to`, `limit`: the latest `limit` measured
 /// in `[from, to)`), oldest first; the read is audited, naming the incident's patient.
-async fn observations(
-    state: web::Data<AppState>,
-    caller: Authenticated,
-    path: web::Path<String>,
-    query: web::Query<HashMap<String, String>>,
-) -> Result<HttpResponse, ApiError> {
+async fn observations(state: web::Data<AppState>, caller: Authenticated, path: web::Path<String>, query: web::Query<HashMap<String, String>>) -> Result<HttpResponse, ApiError> {
     let id = path_id(&path, "incident")?;
-    let parsed = super::patients::observation_query(&query)?;
-    let page = observations::for_incident(&state.pool, &caller.0, id, &parsed).await?;
-    Ok(HttpResponse::Ok()
-        .insert_header(("Cache-Control", "no-store"))
-        .json(json!({"incident_id": id, "from": parsed.from, "to": parsed.to, "observations": page.observations, "more": page.more})))
+    observations_answer(&state, &caller, ObservationsOf::Incident(id), &query).await
 }
 
 #[derive(Deserialize, Default)]

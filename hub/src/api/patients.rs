@@ -19,7 +19,7 @@ use medhub_actors::patients::{
     self, Address, BirthDate, EmergencyContact, Mrn, NewPatient, Patient, PatientDetails, PatientName, PatientQuery,
     PatientUpdate, Phone, ReadPurpose, Sex, CLINICAL_STAFF, RECORD_READERS,
 };
-use medhub_actors::observations::ObservationQuery;
+use medhub_actors::observations::{self, ObservationQuery};
 use medhub_actors::{Role, TenantSlug};
 
 use super::error::ApiError;
@@ -133,7 +133,7 @@ async fn update(
 const OBSERVATION_FILTERS: &[&str] = &["from", "to", "limit"];
 
 /// `from`, `to` and `limit` of an observations read; anything else is a 400 naming it.
-pub(crate) fn observation_query(query: &HashMap<String, String>) -> Result<ObservationQuery, ApiError> {
+fn observation_query(query: &HashMap<String, String>) -> Result<ObservationQuery, ApiError> {
     if let Some(unknown) = query.keys().find(|key| !OBSERVATION_FILTERS.contains(&key.as_str())) {
         return Err(ApiError::invalid(unknown.clone(), format!("unknown parameter; use {}", OBSERVATION_FILTERS.join(", "))));
     }
@@ -141,8 +141,34 @@ pub(crate) fn observation_query(query: &HashMap<String, String>) -> Result<Obser
     Ok(ObservationQuery::parse(value("from"), value("to"), value("limit"))?)
 }
 
-/// The vital signs recorded for the patient on their way in (the latest `limit` measured in
-/// `[from, to)`), oldest first, for those who may read the patient's record; audited.
+/// Whose vital-sign observations a read asks for (the id from the path).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum ObservationsOf {
+    Incident(Uuid),
+    Patient(Uuid),
+}
+
+/// Answers an observations read, for an incident's or a patient's endpoint alike: the query's
+/// `from`, `to` and `limit` (the latest `limit` measured in `[from, to)`), the page oldest first
+/// (read and audited by [`medhub_actors::observations`], which also decides who may), never cached.
+pub(crate) async fn observations_answer(
+    state: &AppState,
+    caller: &Authenticated,
+    of: ObservationsOf,
+    query: &HashMap<String, String>,
+) -> Result<HttpResponse, ApiError> {
+    let parsed = observation_query(query)?;
+    let (key, id, page) = match of {
+        ObservationsOf::Incident(id) => ("incident_id", id, observations::for_incident(&state.pool, &caller.0, id, &parsed).await?),
+        ObservationsOf::Patient(id) => ("patient_id", id, observations::for_patient(&state.pool, &caller.0, id, &parsed).await?),
+    };
+    Ok(HttpResponse::Ok()
+        .insert_header(("Cache-Control", "no-store"))
+        .json(json!({key: id, "from": parsed.from, "to": parsed.to, "observations": page.observations, "more": page.more})))
+}
+
+/// The vital signs recorded for the patient on their way in, for those who may read the
+/// patient's record; a refused role is recorded before the query is even parsed.
 async fn observations(
     state: web::Data<AppState>,
     caller: Authenticated,
@@ -151,11 +177,7 @@ async fn observations(
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id(&path, "patient")?;
     require(&state, &caller, RECORD_READERS, "read patient records", "observations.read", Some(id)).await?;
-    let parsed = observation_query(&query)?;
-    let page = medhub_actors::observations::for_patient(&state.pool, &caller.0, id, &parsed).await?;
-    Ok(HttpResponse::Ok()
-        .insert_header(("Cache-Control", "no-store"))
-        .json(json!({"patient_id": id, "from": parsed.from, "to": parsed.to, "observations": page.observations, "more": page.more})))
+    observations_answer(&state, &caller, ObservationsOf::Patient(id), &query).await
 }
 
 const SEARCH_FILTERS: &[&str] = &["q", "mrn", "phone"];
