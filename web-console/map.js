@@ -890,7 +890,8 @@ export function mountMap(container, { user, live, announce }) {
       timeline === null
         ? h('p', { class: 'placeholder' }, 'Loading the timeline…')
         : h('ol', { class: 'timeline', 'aria-label': 'Timeline' }, timeline.map(renderStep)),
-      canReport && ['proposed', 'unassigned'].includes(incident.status) ? dispatchControl(incident, timeline) : null,
+      // Offered once the timeline (with the proposal's ranking) is in, so the choice is never a guess.
+      canReport && timeline && ['proposed', 'unassigned'].includes(incident.status) ? dispatchControl(incident, timeline) : null,
       canReport && open ? cancelControl(incident) : null);
   }
 

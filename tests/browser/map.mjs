@@ -198,8 +198,8 @@ async function main() {
     await page.locator('#incident-description').fill('Fall at the market (browser story)');
     await page.locator('#incident-propose').check();
     await page.getByRole('button', { name: 'Report and dispatch' }).click();
-    const head = page.locator('.incident-detail__head strong');
-    await page.locator('.incident-detail__head', { hasText: 'Awaiting dispatch' }).waitFor({ timeout: LIVE_TIMEOUT_MS }).catch(async () => {
+    const head = page.locator('.incident-detail .incident-detail__head strong');
+    await page.locator('.incident-detail .incident-detail__head', { hasText: 'Awaiting dispatch' }).waitFor({ timeout: LIVE_TIMEOUT_MS }).catch(async () => {
       fail(`after reporting with "propose" the incident shows "${await head.textContent().catch(() => 'nothing')}", not "Awaiting dispatch"`);
     });
     const proposed = page.locator('#incident-dispatch-unit option').first();
@@ -208,11 +208,17 @@ async function main() {
     if (!proposedText.includes(callSign) || !proposedText.includes('proposed')) fail(`the first unit offered is "${proposedText}"; expected ${callSign}, proposed`);
     step(`check 5: reported with a proposal; the page offers "${proposedText.trim()}" and nothing is dispatched yet`);
     await page.getByRole('button', { name: 'Dispatch unit' }).click();
-    await page.locator('.incident-detail__head', { hasText: 'Dispatched' }).waitFor({ timeout: LIVE_TIMEOUT_MS }).catch(async () => {
-      fail(`after "Dispatch unit" the incident shows "${await head.textContent().catch(() => 'nothing')}", not "Dispatched"`);
+    const shown = async () => (await page.locator('.incident-detail').textContent({ timeout: 1000 }).catch(() => 'no incident panel')).replace(/\s+/g, ' ');
+    const dispatchDeadline = Date.now() + LIVE_TIMEOUT_MS;
+    let sent = await api('GET', `/api/ambulances/${unit.id}`, { token: admin });
+    while (sent.status !== 'dispatched') {
+      if (Date.now() > dispatchDeadline) fail(`after "Dispatch unit" the proposed unit ${callSign} is ${sent.status}, not dispatched; the incident panel shows: ${await shown()}`);
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      sent = await api('GET', `/api/ambulances/${unit.id}`, { token: admin });
+    }
+    await page.locator('.incident-detail .incident-detail__head', { hasText: 'Dispatched' }).waitFor({ timeout: LIVE_TIMEOUT_MS }).catch(async () => {
+      fail(`${callSign} was dispatched but the incident panel shows: ${await shown()}`);
     });
-    const sent = await api('GET', `/api/ambulances/${unit.id}`, { token: admin });
-    if (sent.status !== 'dispatched') fail(`the confirmed unit ${callSign} is ${sent.status}, not dispatched`);
     step(`check 6: the dispatcher's confirmation sent ${callSign} (its status is now ${sent.status})`);
 
     await assertNotReloaded();
