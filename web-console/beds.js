@@ -11,6 +11,7 @@
 // `data-status`, and the board root carries `data-seq`, the last seq applied; all kept current.
 
 import { request } from './api.js';
+import { staleNotice } from './appointments.js';
 import { h, replaceChildren, formatTime, formatDateTime, shortId, isUuid, timeElement } from './dom.js';
 
 export const STATUSES = ['free', 'reserved', 'occupied', 'cleaning', 'out_of_service'];
@@ -114,7 +115,8 @@ export function mountBedBoard(container, { user, live, announce }) {
     h('option', { value: 'all' }, 'All statuses'),
     STATUSES.map((status) => h('option', { value: status }, STATUS_LABELS[status])));
   const problem = h('div', { class: 'board__problem', role: 'alert' });
-  const stale = h('div', { class: 'notice notice--warning', role: 'status', hidden: true });
+  // A view that silently stops updating is worse than none: say so while the line is down.
+  const stale = staleNotice(live, 'the board');
 
   const root = h('section', { class: 'board', id: 'bed-board', 'aria-labelledby': 'page-title', dataset: { seq: '', show: 'all' } },
     h('header', { class: 'page-header' },
@@ -125,7 +127,7 @@ export function mountBedBoard(container, { user, live, announce }) {
           : 'Live status of every bed in your hospital group.')),
       updated),
     problem,
-    stale,
+    stale.element,
     totals,
     h('div', { class: 'board__filters' },
       h('div', { class: 'field field--inline' }, h('label', { for: 'board-facility' }, 'Facility'), facilitySelect),
@@ -138,23 +140,6 @@ export function mountBedBoard(container, { user, live, announce }) {
 
   const unsubscribe = live.subscribe(topic, onMessage);
 
-  // A board that silently stops updating is worse than none: say so while the line is down
-  // (after a short grace, so a quick reconnect does not flash a warning).
-  let staleTimer = null;
-  const stopWatchingStatus = live.onStatus((status) => {
-    clearTimeout(staleTimer);
-    if (status === 'connected' || status === 'idle' || status === 'connecting') {
-      stale.hidden = true;
-      return;
-    }
-    staleTimer = setTimeout(() => {
-      replaceChildren(stale, h('strong', {}, 'Live updates paused. '),
-        status === 'closed'
-          ? 'The connection to the hub is closed; sign in again to resume.'
-          : 'Reconnecting to the hub; the board shows the last known state and catches up automatically once connected.');
-      stale.hidden = false;
-    }, 2_000);
-  });
 
   function onMessage(message) {
     switch (message.type) {
@@ -527,8 +512,7 @@ export function mountBedBoard(container, { user, live, announce }) {
 
   return () => {
     unsubscribe();
-    stopWatchingStatus();
-    clearTimeout(staleTimer);
+    stale.stop();
     if (dialog) dialog.close();
   };
 }

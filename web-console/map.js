@@ -23,6 +23,7 @@
 // `data-points` (only markers carry `data-unit-id`).
 
 import { request } from './api.js';
+import { staleNotice } from './appointments.js';
 import { h, replaceChildren, formatTime, formatDateTime, shortId, timeElement } from './dom.js';
 
 const SVG_NS = 'http://www.w3.org/2000/svg';
@@ -212,7 +213,8 @@ export function mountMap(container, { user, live, announce }) {
 
   const updated = h('p', { class: 'map-page__updated muted', 'aria-live': 'off' });
   const problem = h('div', { class: 'map-page__problem', role: 'alert' });
-  const stale = h('div', { class: 'notice notice--warning', role: 'status', hidden: true });
+  // A view that silently stops updating is worse than none: say so while the line is down.
+  const stale = staleNotice(live, 'the map');
   const counts = h('p', { class: 'map-page__counts muted' });
   const incidentList = h('ul', { class: 'incident-list', 'aria-label': 'Open incidents' });
   const incidentsBody = h('div', { class: 'incidents__body' }, h('p', { class: 'placeholder' }, 'Loading incidents…'));
@@ -231,7 +233,7 @@ export function mountMap(container, { user, live, announce }) {
           : 'Live units, open incidents and free emergency beds.')),
       updated),
     problem,
-    stale,
+    stale.element,
     h('div', { class: 'map-layout' },
       h('div', { class: 'map-main' },
         h('div', { class: 'card map-card' }, drawing),
@@ -256,21 +258,6 @@ export function mountMap(container, { user, live, announce }) {
   const unsubscribe = live.subscribe(topic, onMessage);
   loadIncidents();
 
-  let staleTimer = null;
-  const stopWatchingStatus = live.onStatus((status) => {
-    clearTimeout(staleTimer);
-    if (status === 'connected' || status === 'idle' || status === 'connecting') {
-      stale.hidden = true;
-      return;
-    }
-    staleTimer = setTimeout(() => {
-      replaceChildren(stale, h('strong', {}, 'Live updates paused. '),
-        status === 'closed'
-          ? 'The connection to the hub is closed; sign in again to resume.'
-          : 'Reconnecting to the hub; the map shows the last known positions and catches up once connected.');
-      stale.hidden = false;
-    }, 2_000);
-  });
 
   // ---- Live messages ----
 
@@ -1141,7 +1128,6 @@ export function mountMap(container, { user, live, announce }) {
   return () => {
     destroyed = true;
     unsubscribe();
-    stopWatchingStatus();
-    clearTimeout(staleTimer);
+    stale.stop();
   };
 }
