@@ -41,20 +41,6 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name).ok().and_then(|value| value.parse().ok()).unwrap_or(default)
 }
 
-/// Where the hub's embedded endpoint listens, from its `mqtt listening addr=...` log line.
-async fn mqtt_addr(hub: &Hub) -> SocketAddr {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let found = hub.logs().lines().filter(|line| line.contains("mqtt listening")).find_map(|line| {
-            line.split("addr=").nth(1).and_then(|rest| rest.split_whitespace().next()).and_then(|addr| addr.parse().ok())
-        });
-        if let Some(addr) = found {
-            return addr;
-        }
-        assert!(Instant::now() < deadline, "the hub never logged its MQTT address");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 async fn register_units(admin: &Api, count: usize) -> Vec<Unit> {
     stream::iter(0..count)
@@ -171,7 +157,7 @@ fn hub_usage(pid: i32) -> (u64, f64) {
 
 async fn fleet(units: usize, watchers: usize, seconds: u64) {
     let world = World::start_with(1, |options| options.arg("--mqtt-listen", "127.0.0.1:0")).await;
-    let addr = mqtt_addr(&world.hub).await;
+    let addr = world.hub.mqtt_addr().await;
     let prepared = Instant::now();
     let registered = register_units(&world.admin, units).await;
     let registering = prepared.elapsed();

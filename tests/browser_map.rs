@@ -9,33 +9,14 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::time::{Duration, Instant};
-
-use common::{require_browser, run_browser_story_on, spawn_hub_with, Hub, HubOptions, TestDb};
-
-/// The address the hub's MQTT endpoint bound, from its log line `mqtt listening addr=...`.
-async fn mqtt_addr(hub: &Hub) -> SocketAddr {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let logs = hub.logs();
-        let found = logs.lines().filter(|line| line.contains("mqtt listening")).find_map(|line| {
-            line.split("addr=").nth(1).and_then(|rest| rest.split_whitespace().next()).and_then(|addr| addr.parse().ok())
-        });
-        if let Some(addr) = found {
-            return addr;
-        }
-        assert!(Instant::now() < deadline, "the hub never logged its MQTT address:\n{logs}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+use common::{require_browser, run_browser_story_on, spawn_hub_with, HubOptions, TestDb};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gps_fix_over_mqtt_moves_the_unit_on_the_map_in_chromium() {
     require_browser(&["mqtt"]);
     let db = TestDb::start().await;
     let mut hub = spawn_hub_with(HubOptions { command: "demo", ..HubOptions::serve(&db) }.arg("--mqtt-listen", "127.0.0.1:0")).await;
-    let mqtt = mqtt_addr(&hub).await.to_string();
+    let mqtt = hub.mqtt_addr().await.to_string();
     run_browser_story_on(&hub, "map.mjs", &[("MEDHUB_MQTT", mqtt.as_str())]).await;
     assert!(hub.terminate().await.success());
 }

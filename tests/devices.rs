@@ -31,25 +31,10 @@ use medhub_actors::Role;
 /// A world whose hub listens for MQTT on a free port and has the test hooks on.
 async fn mqtt_world() -> (World, SocketAddr) {
     let world = World::start_with(1, |options| options.arg("--mqtt-listen", "127.0.0.1:0").arg("--enable-fault-injection", true)).await;
-    let addr = mqtt_addr(&world.hub).await;
+    let addr = world.hub.mqtt_addr().await;
     (world, addr)
 }
 
-/// Where the hub's embedded endpoint listens, from its `mqtt listening addr=...` log line.
-async fn mqtt_addr(hub: &Hub) -> SocketAddr {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let logs = hub.logs();
-        let found = logs.lines().filter(|line| line.contains("mqtt listening")).find_map(|line| {
-            line.split("addr=").nth(1).and_then(|rest| rest.split_whitespace().next()).and_then(|addr| addr.parse().ok())
-        });
-        if let Some(addr) = found {
-            return addr;
-        }
-        assert!(Instant::now() < deadline, "the hub never logged its MQTT address:\n{logs}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// Registers an ambulance unit; its id.
 async fn unit(admin: &Api, call_sign: &str) -> Uuid {
@@ -810,7 +795,7 @@ impl Endpoint<'_> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_sos_goes_to_the_nearest_unit_then_the_next_when_it_stays_silent_and_is_followed_to_the_hospital() {
     let world = World::start_with(1, |options| options.arg("--mqtt-listen", "127.0.0.1:0").arg("--dispatch-ack-timeout-secs", 2)).await;
-    let addr = mqtt_addr(&world.hub).await;
+    let addr = world.hub.mqtt_addr().await;
     sos_story(&world.hub, &world.tenant, &world.admin, &Endpoint::Embedded(addr)).await;
 }
 
@@ -905,7 +890,7 @@ fn vitals(respiration: f64, spo2: f64, systolic: f64, pulse: f64, consciousness:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deteriorating_patient_on_the_way_in_alerts_the_receiving_hospital() {
     let world = World::start_with(1, |options| options.arg("--mqtt-listen", "127.0.0.1:0")).await;
-    let addr = mqtt_addr(&world.hub).await;
+    let addr = world.hub.mqtt_addr().await;
     let admin = &world.admin;
     let hospital = alpha_emergency(admin).await;
     let hospital_id = hospital["id"].as_str().unwrap();
@@ -968,7 +953,7 @@ async fn vitals_on_the_way_in_become_the_patients_observations_read_by_the_docto
     let beta = db.tenant("beta").await;
     let patient = db.patients(&tenant, 1).await[0];
     let mut hub = common::spawn_hub_with(HubOptions::serve(&db).arg("--mqtt-listen", "127.0.0.1:0")).await;
-    let addr = mqtt_addr(&hub).await;
+    let addr = hub.mqtt_addr().await;
     let admin = hub.login(&tenant, Role::Admin).await;
     alpha_emergency(&admin).await;
     let (unit_id, login, mut crew) = unit_on_the_map(&admin, addr, "AMB-21", (-1.3050, 36.8000)).await;
@@ -1122,7 +1107,7 @@ async fn step_detail(api: &Api, incident: &str, step: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_sos_holds_an_emergency_bed_at_its_destination_until_the_patient_is_admitted_or_the_incident_ends() {
     let world = World::start_with(1, |options| options.arg("--mqtt-listen", "127.0.0.1:0").arg("--dispatch-ack-timeout-secs", 600)).await;
-    let addr = mqtt_addr(&world.hub).await;
+    let addr = world.hub.mqtt_addr().await;
     let (admin, nurse) = (&world.admin, &world.nurse);
     let scene = (-1.3000, 36.8000);
     // Near (under 1 km from the scene) has one emergency bed; Far (about 5 km) has two.
@@ -1307,7 +1292,7 @@ async fn every_vitals_reading_a_monitor_was_acknowledged_for_survives_a_kill_9_o
     let tenant = db.tenant("alpha").await;
     let options = || HubOptions::serve(&db).arg("--mqtt-listen", "127.0.0.1:0");
     let mut hub = common::spawn_hub_with(options()).await;
-    let addr = mqtt_addr(&hub).await;
+    let addr = hub.mqtt_addr().await;
     let admin = hub.login(&tenant, Role::Admin).await;
     let (unit_id, login, mut crew) = unit_on_the_map(&admin, addr, "AMB-31", (-1.3050, 36.8000)).await;
     let monitor = device(&admin, "alpha", unit_id, "monitor").await;

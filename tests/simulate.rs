@@ -5,30 +5,14 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use common::{hub_binary, Api, Hub, World, PASSWORD};
+use common::{hub_binary, Api, World, PASSWORD};
 use medhub_actors::Role;
 
-/// Where the hub's embedded endpoint listens, from its `mqtt listening addr=...` log line.
-async fn mqtt_addr(hub: &Hub) -> SocketAddr {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let logs = hub.logs();
-        let found = logs.lines().filter(|line| line.contains("mqtt listening")).find_map(|line| {
-            line.split("addr=").nth(1).and_then(|rest| rest.split_whitespace().next()).and_then(|addr| addr.parse().ok())
-        });
-        if let Some(addr) = found {
-            return addr;
-        }
-        assert!(Instant::now() < deadline, "the hub never logged its MQTT address:\n{logs}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// The simulator process; killed when the story ends, however it ends.
 struct Simulator(Child);
@@ -67,7 +51,7 @@ async fn simulated_units_on_the_map(api: &Api, simulator: &mut Simulator, count:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulated_units_appear_on_the_map_and_answer_an_incident_all_the_way_to_the_hospital() {
     let world = World::start_with(1, |options| options.arg("--mqtt-listen", "127.0.0.1:0").arg("--dispatch-ack-timeout-secs", 5)).await;
-    let addr = mqtt_addr(&world.hub).await;
+    let addr = world.hub.mqtt_addr().await;
     let admin = &world.admin;
 
     let child = Command::new(hub_binary())

@@ -267,6 +267,22 @@ impl Hub {
     }
 
     /// The Prometheus text of `/metrics`.
+    /// Where the hub's embedded MQTT endpoint listens, from its `mqtt listening addr=...` log line.
+    pub async fn mqtt_addr(&self) -> std::net::SocketAddr {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let logs = self.logs();
+            let found = logs.lines().filter(|line| line.contains("mqtt listening")).find_map(|line| {
+                line.split("addr=").nth(1).and_then(|rest| rest.split_whitespace().next()).and_then(|addr| addr.parse().ok())
+            });
+            if let Some(addr) = found {
+                return addr;
+            }
+            assert!(Instant::now() < deadline, "the hub never logged its MQTT address:\n{logs}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub async fn metrics(&self) -> String {
         reqwest::get(format!("{}/metrics", self.url)).await.expect("metrics").text().await.expect("metrics body")
     }
