@@ -9,7 +9,6 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::{SecondsFormat, Utc};
@@ -22,7 +21,7 @@ use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode as Code5, Packet as Packet5, 
 use rumqttc::v5::mqttbytes::QoS as QoS5;
 use rumqttc::v5::{AsyncClient as Client5, Event as Event5, MqttOptions as Options5};
 
-use common::{metric, Api, Hub, HubOptions, TestDb, World};
+use common::{metric, Api, Hub, HubOptions, Mosquitto, TestDb, World};
 use medhub_actors::Role;
 
 // ---------------------------------------------------------------------------------------------
@@ -572,57 +571,6 @@ async fn mqtt5_devices_are_told_why() {
 
 // ---------------------------------------------------------------------------------------------
 // External broker: Debian's mosquitto, confined by the files the hub writes
-
-/// A mosquitto broker on a free loopback port, configured from `dir`; stopped on drop.
-struct Mosquitto {
-    child: Child,
-    port: u16,
-}
-
-impl Mosquitto {
-    fn start(dir: &Path, files: &medhub_device_gateway::MosquittoFiles) -> Mosquitto {
-        let binary = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
-            .into_iter()
-            .find(|path| Path::new(path).exists())
-            .expect("mosquitto is not installed: sudo apt-get install -y mosquitto");
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut conf = format!("listener {port} 127.0.0.1\npersistence false\nlog_dest stderr\n");
-        conf.push_str(&medhub_device_gateway::mosquitto_conf(files, 65536));
-        if unsafe { libc::geteuid() } == 0 {
-            conf.push_str("user root\n"); // it would drop to `mosquitto`, who cannot read our 0600 files
-        }
-        std::fs::write(dir.join("mosquitto.conf"), conf).unwrap();
-        let child = Command::new(binary)
-            .arg("-c")
-            .arg(dir.join("mosquitto.conf"))
-            .stdout(Stdio::null())
-            .stderr(if std::env::var_os("MEDHUB_TEST_ECHO").is_some() { Stdio::inherit() } else { Stdio::null() })
-            .spawn()
-            .expect("mosquitto starts");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "mosquitto did not listen on {port}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Mosquitto { child, port }
-    }
-
-    fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
-    }
-
-    /// Rereads the password and ACL files (SIGHUP).
-    fn reload(&self) {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGHUP) };
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn behind_mosquitto_a_device_cannot_publish_under_another_units_prefix() {

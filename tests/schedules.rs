@@ -93,7 +93,7 @@ async fn two_hub_processes_on_one_database_still_book_a_slot_once() {
     let patients = world.db.patients(&world.tenant, 50).await;
     let second = spawn_hub_with(HubOptions::serve(&world.db)).await;
     let hubs = [world.hub.login(&world.tenant, Role::Nurse).await, second.login(&world.tenant, Role::Nurse).await];
-    // Both processes hold the doctor's schedule before the storm.
+    // One process holds the tenant's lease and runs the schedule; the other forwards to it.
     for api in &hubs {
         api.get(&format!("/api/doctors/{doctor}/availability")).await.unwrap().ok();
     }

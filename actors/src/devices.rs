@@ -15,8 +15,9 @@ use crate::domain::{GeoPoint, TenantSlug};
 use crate::error::ActorError;
 use crate::news2::Vitals;
 
-/// An authenticated device, as the gateway established it at CONNECT.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An authenticated device, as the gateway established it at CONNECT. Serialisable so that a hub
+/// node can hand a device's message to the node that serves its tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceIdentity {
     pub tenant_id: Uuid,
     pub tenant: TenantSlug,
@@ -49,7 +50,8 @@ pub struct StatusReport {
 }
 
 /// A validated message from a device.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "data", rename_all = "snake_case")]
 pub enum DeviceMessage {
     Gps(GpsFix),
     Vitals(Box<Vitals>),

@@ -399,11 +399,13 @@ pub struct DispatchActor {
     /// Open incidents and the version (stream length) of each.
     incidents: HashMap<Uuid, (Incident, i64)>,
     loaded: bool,
+    /// The fencing token of the tenant's lease this actor was started under (see `lease`).
+    fence: Option<i64>,
 }
 
 impl DispatchActor {
     pub(crate) fn new(tenant_id: Uuid, tenant: TenantSlug, pool: PgPool, metrics: ActorMetrics, config: DispatchConfig, commands: CommandsSlot, supervisor: Addr<TenantSupervisor>) -> Self {
-        DispatchActor { tenant_id, tenant, pool, metrics, config, commands, supervisor, incidents: HashMap::new(), loaded: false }
+        DispatchActor { tenant_id, tenant, pool, metrics, config, commands, supervisor, incidents: HashMap::new(), loaded: false, fence: crate::lease::held_token(tenant_id) }
     }
 
     fn system_record(&self, action: &str, incident: Uuid) -> AuditRecord {
@@ -467,11 +469,11 @@ impl DispatchActor {
     fn step(&mut self, mut incident: Incident, event: &'static str, detail: Value, audit: AuditRecord) -> ResponseActFuture<Self, Result<Incident, ActorError>> {
         incident.updated_at = Utc::now().trunc_subsecs(6);
         let version = self.incidents.get(&incident.id).map_or(0, |(_, v)| *v) + 1;
-        let (pool, tenant_id, tenant, metrics) = (self.pool.clone(), self.tenant_id, self.tenant.clone(), self.metrics.clone());
+        let (pool, tenant_id, tenant, metrics, fence) = (self.pool.clone(), self.tenant_id, self.tenant.clone(), self.metrics.clone(), self.fence);
         let span = info_span!("command", tenant = %self.tenant, actor = ACTOR, incident_id = %incident.id, event);
         let saved = incident.clone();
         Box::pin(
-            async move { commit_step(&pool, tenant_id, &tenant, &saved, version, event, detail, audit, &metrics).await }
+            crate::lease::with_fence(fence, async move { commit_step(&pool, tenant_id, &tenant, &saved, version, event, detail, audit, &metrics).await })
                 .instrument(span)
                 .into_actor(self)
                 .map(move |committed, actor, _ctx| {

@@ -8,6 +8,9 @@
 //! the caller gets [`ActorError::Crashed`], the actor stops, and its `Supervisor` restarts it, which
 //! reloads from what was committed.
 //!
+//! Every commit runs under the fencing token of the tenant's lease the actor was started under
+//! (`lease::with_fence`), so an actor left over from a lease this node lost can never commit.
+//!
 //! Each durable actor keeps its identity, its connections and its state in a [`Core`]; recovery
 //! (snapshot + later events, while the mailbox waits), "not loaded yet" refusals and the restart
 //! bookkeeping are written once here for all of them.
@@ -44,11 +47,14 @@ pub(crate) struct Core<S> {
     pub snapshot_every: i64,
     pub metrics: ActorMetrics,
     pub state: Option<S>,
+    /// The fencing token of the tenant's lease this actor was started under: its commits are
+    /// refused once the lease carries another (see `lease`).
+    pub fence: Option<i64>,
 }
 
 impl<S> Core<S> {
     pub fn new(tenant_id: Uuid, tenant: TenantSlug, id: Uuid, state: S, pool: PgPool, snapshot_every: i64, metrics: ActorMetrics) -> Core<S> {
-        Core { tenant_id, tenant, id, pool, snapshot_every, metrics, state: Some(state) }
+        Core { tenant_id, tenant, id, pool, snapshot_every, metrics, state: Some(state), fence: crate::lease::held_token(tenant_id) }
     }
 }
 
@@ -155,6 +161,7 @@ where
     T: 'static,
     F: Future<Output = Result<(S, Committed), ActorError>> + 'static,
 {
+    let commit = crate::lease::with_fence(actor.core().fence, commit);
     AtomicResponse::new(Box::pin(AssertUnwindSafe(commit).catch_unwind().into_actor(actor).map(
         move |outcome, actor: &mut A, ctx| match outcome {
             Ok(Ok((state, committed))) => {

@@ -27,6 +27,10 @@ pub enum ActorError {
     /// The actor cannot serve right now (mailbox closed, state not loaded, shutting down).
     #[error("{0}")]
     Unavailable(String),
+    /// Another hub node serves this tenant (it holds the tenant's lease); nothing was done here.
+    /// The HTTP layer forwards the request to that node.
+    #[error("{0}")]
+    NotOwner(String),
     /// The database failed; the command was not acknowledged.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),

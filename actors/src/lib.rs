@@ -6,7 +6,8 @@
 //! ([`store::CommandTx`]); the event log doubles as the outbox that `realtime` fans out (PostgreSQL
 //! `NOTIFY` on commit, so an event is published exactly when its command committed, in commit order).
 //!
-//! Entry points: [`runtime::ActorRuntime`] (tenant supervisors and their children),
+//! Entry points: [`runtime::ActorRuntime`] (tenant supervisors and their children), [`lease`]
+//! (which node owns a tenant, and the fence every commit passes),
 //! [`audit`] (the hash-chained trail), [`topics`] (who may watch what), [`facility`] (beds).
 
 pub mod ambulance;
@@ -21,6 +22,7 @@ pub mod error;
 pub mod facility;
 pub mod formulary;
 pub mod inventory;
+pub mod lease;
 pub mod live;
 pub mod metrics;
 pub mod news2;

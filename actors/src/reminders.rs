@@ -36,6 +36,10 @@ async fn sweep(runtime: &ActorRuntime, pool: &PgPool, lead: chrono::Duration) {
     };
     for (tenant_id, slug, doctor_id, appointment_id) in due {
         let Ok(tenant) = TenantSlug::parse(&slug) else { continue };
+        if runtime.served_elsewhere(tenant_id).await {
+            // The node that serves the tenant sends it (its sweep sees the same reminders).
+            continue;
+        }
         let sent = async {
             let actor = runtime.schedule(tenant_id, &tenant, doctor_id).await?;
             actor.send(SendReminder { appointment_id, lead_seconds: lead.num_seconds() }).await?

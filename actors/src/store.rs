@@ -6,8 +6,12 @@
 //! envelope is sent with `pg_notify` inside the same transaction: PostgreSQL delivers it only if the
 //! transaction commits, and in commit order, which the topic's row lock makes equal to seq order.
 //!
-//! Lock order, for every transaction that writes events and audit entries: topic rows first (in
-//! name order when there are several), the tenant's audit chain head last. Two transactions that
+//! Every append first passes the tenant's lease fence ([`lease::check_fence`]): a node that lost the
+//! tenant to another node commits nothing more for it.
+//!
+//! Lock order, for every transaction that writes events and audit entries: the tenant's lease row
+//! (shared), then topic rows (in name order when there are several), the tenant's audit chain head
+//! last. Two transactions that
 //! took them the other way round would deadlock under load.
 
 use std::time::Instant;
@@ -20,6 +24,7 @@ use uuid::Uuid;
 
 use crate::audit::{self, AuditRecord};
 use crate::error::ActorError;
+use crate::lease;
 use crate::metrics::ActorMetrics;
 
 /// The PostgreSQL notification channel committed events are announced on.
@@ -89,6 +94,7 @@ pub async fn commit_command(
 
 /// Appends one event to its stream and topic and announces it (delivered on commit).
 pub async fn append_event(conn: &mut PgConnection, tenant_id: Uuid, draft: &EventDraft) -> Result<Committed, ActorError> {
+    lease::check_fence(conn, tenant_id).await?;
     let at = Utc::now().trunc_subsecs(6);
     // The upsert takes the topic's row lock until commit: commits of one topic are serialised.
     let topic_seq: i64 = sqlx::query_scalar(
@@ -156,6 +162,7 @@ pub async fn append_new_streams(conn: &mut PgConnection, tenant_id: Uuid, topic:
     if streams.is_empty() {
         return Ok(Vec::new());
     }
+    lease::check_fence(conn, tenant_id).await?;
     let at = Utc::now().trunc_subsecs(6);
     let count = streams.len() as i64;
     let last: i64 = sqlx::query_scalar(

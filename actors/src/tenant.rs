@@ -6,13 +6,19 @@
 //! `InventoryBatchActor` per medication batch, an `AmbulanceActor` per unit and a
 //! `VideoSessionActor` per video consult. Looking one up
 //! is atomic, so two first requests for one key can never start two writers.
+//!
+//! A supervisor serves its tenant only while its node holds the tenant's lease (see `lease`): it
+//! acquires the lease as it starts (messages wait meanwhile), refuses everything as unavailable
+//! when another node holds it, and on [`LeaseLost`] drops its children and refuses from then on.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
 use std::future::Future;
 
 use actix::prelude::*;
 use sqlx::PgPool;
-use tracing::{info, info_span, Instrument};
+use tracing::{info, info_span, warn, Instrument};
 use uuid::Uuid;
 
 use crate::domain::{Caller, TenantSlug};
@@ -22,8 +28,9 @@ use crate::metrics::ActorMetrics;
 use crate::ambulance::{self, AmbulanceActor, Unit};
 use crate::consult::{self, Consult, Opened, VideoSessionActor};
 use crate::dispatch::DispatchActor;
-use crate::durable::Core;
+use crate::durable::{Core, DurableActor};
 use crate::inventory::{self, Batch, InventoryBatchActor, NewBatch};
+use crate::lease::{self, LeaseNode};
 use crate::runtime::Services;
 use crate::schedule::{self, DoctorScheduleActor, NewDoctor, Schedule};
 
@@ -43,6 +50,31 @@ pub struct TenantSupervisor {
     /// Started with the supervisor: one per tenant.
     dispatch: Option<Addr<DispatchActor>>,
     services: Services,
+    /// This node's leases; `None` where no lease is needed (tools that run no server).
+    lease: Option<LeaseNode>,
+    /// The fencing token this supervisor serves the tenant under, once acquired.
+    fence: Option<i64>,
+    /// Why this supervisor does not serve (the lease is held elsewhere, or was lost).
+    refusal: Option<Refusal>,
+    /// What the runtime sees of this supervisor's placement.
+    placement: Arc<Placement>,
+}
+
+/// Why a supervisor stopped serving.
+enum Refusal {
+    /// Another node holds the tenant's lease.
+    NotOwner(String),
+    /// The lease could not be acquired (the database failed).
+    Failed(String),
+}
+
+/// A supervisor's placement as the runtime sees it.
+#[derive(Default)]
+pub(crate) struct Placement {
+    /// Set when the supervisor stopped serving for good; the runtime then starts a new one.
+    pub retired: AtomicBool,
+    /// The fencing token it serves under (0 until the lease is acquired).
+    pub token: AtomicI64,
 }
 
 /// A kind of child: how to recover its state and start it, and where its address is kept.
@@ -53,6 +85,8 @@ trait Child: Actor<Context = Context<Self>> + Supervised + Send {
     fn build(supervisor: &TenantSupervisor, state: Self::State) -> Self;
     fn id(state: &Self::State) -> Uuid;
     fn registry(supervisor: &mut TenantSupervisor) -> &mut HashMap<Uuid, Addr<Self>>;
+    /// The fencing token the child commits under: its supervisor's.
+    fn fence(&mut self) -> &mut Option<i64>;
 }
 
 impl Child for FacilityActor {
@@ -66,6 +100,9 @@ impl Child for FacilityActor {
     }
     fn id(state: &Facility) -> Uuid {
         state.id
+    }
+    fn fence(&mut self) -> &mut Option<i64> {
+        &mut DurableActor::core_mut(self).fence
     }
     fn registry(s: &mut TenantSupervisor) -> &mut HashMap<Uuid, Addr<Self>> {
         &mut s.facilities
@@ -84,6 +121,9 @@ impl Child for DoctorScheduleActor {
     fn id(state: &Schedule) -> Uuid {
         state.profile.id
     }
+    fn fence(&mut self) -> &mut Option<i64> {
+        &mut DurableActor::core_mut(self).fence
+    }
     fn registry(s: &mut TenantSupervisor) -> &mut HashMap<Uuid, Addr<Self>> {
         &mut s.schedules
     }
@@ -100,6 +140,9 @@ impl Child for InventoryBatchActor {
     }
     fn id(state: &Batch) -> Uuid {
         state.id
+    }
+    fn fence(&mut self) -> &mut Option<i64> {
+        &mut DurableActor::core_mut(self).fence
     }
     fn registry(s: &mut TenantSupervisor) -> &mut HashMap<Uuid, Addr<Self>> {
         &mut s.batches
@@ -120,6 +163,9 @@ impl Child for AmbulanceActor {
     fn id(state: &Unit) -> Uuid {
         state.id
     }
+    fn fence(&mut self) -> &mut Option<i64> {
+        &mut DurableActor::core_mut(self).fence
+    }
     fn registry(s: &mut TenantSupervisor) -> &mut HashMap<Uuid, Addr<Self>> {
         &mut s.ambulances
     }
@@ -139,13 +185,26 @@ impl Child for VideoSessionActor {
     fn id(state: &Consult) -> Uuid {
         state.id
     }
+    fn fence(&mut self) -> &mut Option<i64> {
+        &mut DurableActor::core_mut(self).fence
+    }
     fn registry(s: &mut TenantSupervisor) -> &mut HashMap<Uuid, Addr<Self>> {
         &mut s.consults
     }
 }
 
 impl TenantSupervisor {
-    pub(crate) fn new(tenant_id: Uuid, tenant: TenantSlug, pool: PgPool, snapshot_every: i64, metrics: ActorMetrics, services: Services) -> Self {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        tenant_id: Uuid,
+        tenant: TenantSlug,
+        pool: PgPool,
+        snapshot_every: i64,
+        metrics: ActorMetrics,
+        services: Services,
+        lease: Option<LeaseNode>,
+        placement: Arc<Placement>,
+    ) -> Self {
         TenantSupervisor {
             tenant_id,
             tenant,
@@ -160,12 +219,50 @@ impl TenantSupervisor {
             me: None,
             dispatch: None,
             services,
+            lease,
+            fence: None,
+            refusal: None,
+            placement,
         }
+    }
+
+    /// Refuses while this supervisor does not serve its tenant.
+    fn serving(&self) -> Result<(), ActorError> {
+        match &self.refusal {
+            Some(Refusal::NotOwner(reason)) => Err(ActorError::NotOwner(reason.clone())),
+            Some(Refusal::Failed(reason)) => Err(ActorError::Unavailable(reason.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn start_dispatch(&mut self, ctx: &mut Context<Self>) {
+        if self.dispatch.is_none() {
+            let (tenant_id, tenant, pool, metrics, services, me) =
+                (self.tenant_id, self.tenant.clone(), self.pool.clone(), self.metrics.clone(), self.services.clone(), ctx.address());
+            self.dispatch = Some(Supervisor::start_in_arbiter(&Arbiter::current(), move |_| {
+                DispatchActor::new(tenant_id, tenant, pool, metrics, services.dispatch.clone(), services.commands.clone(), me)
+            }));
+        }
+    }
+
+    /// Stops serving for good: the children lose their addresses (and stop once idle), and every
+    /// later message is refused with `reason`.
+    fn retire(&mut self, reason: Refusal) {
+        self.refusal = Some(reason);
+        self.placement.retired.store(true, Ordering::SeqCst);
+        self.facilities.clear();
+        self.schedules.clear();
+        self.batches.clear();
+        self.ambulances.clear();
+        self.consults.clear();
+        self.dispatch = None;
+        self.me = None;
     }
 
     fn start_child<C: Child>(&mut self, state: C::State) -> Addr<C> {
         let id = C::id(&state);
-        let actor = C::build(self, state);
+        let mut actor = C::build(self, state);
+        *actor.fence() = self.fence;
         // Children live on the supervisor's arbiter: one thread per tenant's actors.
         let addr = Supervisor::start_in_arbiter(&Arbiter::current(), move |_| actor);
         C::registry(self).insert(id, addr.clone());
@@ -174,6 +271,9 @@ impl TenantSupervisor {
 
     /// The child's address, recovering and starting it on first use.
     fn child<C: Child>(&mut self, id: Uuid) -> AtomicResponse<Self, Result<Addr<C>, ActorError>> {
+        if let Err(refused) = self.serving() {
+            return AtomicResponse::new(Box::pin(fut::ready(Err(refused))));
+        }
         if let Some(addr) = C::registry(self).get(&id).filter(|addr| addr.connected()) {
             return AtomicResponse::new(Box::pin(fut::ready(Ok(addr.clone()))));
         }
@@ -191,15 +291,34 @@ impl Actor for TenantSupervisor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        if self.placement.retired.load(Ordering::SeqCst) {
+            return;
+        }
         info!(tenant = %self.tenant, actor = "tenant", "tenant supervisor started");
         self.me = Some(ctx.address());
-        if self.dispatch.is_none() {
-            let (tenant_id, tenant, pool, metrics, services, me) =
-                (self.tenant_id, self.tenant.clone(), self.pool.clone(), self.metrics.clone(), self.services.clone(), ctx.address());
-            self.dispatch = Some(Supervisor::start_in_arbiter(&Arbiter::current(), move |_| {
-                DispatchActor::new(tenant_id, tenant, pool, metrics, services.dispatch.clone(), services.commands.clone(), me)
-            }));
+        if self.fence.is_some() {
+            // Restarted after a crash: the lease is still this supervisor's.
+            self.start_dispatch(ctx);
+            return;
         }
+        let Some(node) = self.lease.clone() else {
+            self.start_dispatch(ctx);
+            return;
+        };
+        // Every message waits until the lease is ours (or known to be another node's).
+        let (tenant_id, tenant) = (self.tenant_id, self.tenant.clone());
+        let span = info_span!("acquire_lease", tenant = %self.tenant, node = %node.config().node_id);
+        ctx.wait(async move { node.acquire(tenant_id, &tenant).await }.instrument(span).into_actor(self).map(
+            |acquired, supervisor, ctx| match acquired {
+                Ok(token) => {
+                    supervisor.fence = Some(token);
+                    supervisor.placement.token.store(token, Ordering::SeqCst);
+                    supervisor.start_dispatch(ctx);
+                }
+                Err(ActorError::NotOwner(reason)) => supervisor.retire(Refusal::NotOwner(reason)),
+                Err(failed) => supervisor.retire(Refusal::Failed(format!("cannot place tenant {} on this node: {failed}; retry", supervisor.tenant))),
+            },
+        ));
     }
 }
 
@@ -248,11 +367,14 @@ impl Handler<CreateFacility> for TenantSupervisor {
     type Result = ResponseActFuture<Self, Result<Facility, ActorError>>;
 
     fn handle(&mut self, msg: CreateFacility, _ctx: &mut Context<Self>) -> Self::Result {
-        let (pool, tenant_id, tenant, every, metrics) =
-            (self.pool.clone(), self.tenant_id, self.tenant.clone(), self.snapshot_every, self.metrics.clone());
+        if let Err(refused) = self.serving() {
+            return Box::pin(fut::ready(Err(refused)));
+        }
+        let (pool, tenant_id, tenant, every, metrics, fence) =
+            (self.pool.clone(), self.tenant_id, self.tenant.clone(), self.snapshot_every, self.metrics.clone(), self.fence);
         let span = info_span!("command", tenant = %self.tenant, actor = "tenant", command = "create_facility");
         Box::pin(
-            async move { facility::create(&pool, tenant_id, &tenant, &msg.caller, &msg.facility, every, &metrics).await }
+            lease::with_fence(fence, async move { facility::create(&pool, tenant_id, &tenant, &msg.caller, &msg.facility, every, &metrics).await })
                 .instrument(span)
                 .into_actor(self)
                 .map(|created, supervisor, _ctx| {
@@ -276,11 +398,14 @@ impl Handler<RegisterDoctor> for TenantSupervisor {
     type Result = ResponseActFuture<Self, Result<Schedule, ActorError>>;
 
     fn handle(&mut self, msg: RegisterDoctor, _ctx: &mut Context<Self>) -> Self::Result {
-        let (pool, tenant_id, tenant, every, metrics) =
-            (self.pool.clone(), self.tenant_id, self.tenant.clone(), self.snapshot_every, self.metrics.clone());
+        if let Err(refused) = self.serving() {
+            return Box::pin(fut::ready(Err(refused)));
+        }
+        let (pool, tenant_id, tenant, every, metrics, fence) =
+            (self.pool.clone(), self.tenant_id, self.tenant.clone(), self.snapshot_every, self.metrics.clone(), self.fence);
         let span = info_span!("command", tenant = %self.tenant, actor = "tenant", command = "register_doctor");
         Box::pin(
-            async move { schedule::register(&pool, tenant_id, &tenant, &msg.caller, &msg.doctor, every, &metrics).await }
+            lease::with_fence(fence, async move { schedule::register(&pool, tenant_id, &tenant, &msg.caller, &msg.doctor, every, &metrics).await })
                 .instrument(span)
                 .into_actor(self)
                 .map(|registered, supervisor, _ctx| {
@@ -317,11 +442,14 @@ impl Handler<ReceiveBatch> for TenantSupervisor {
     type Result = ResponseActFuture<Self, Result<Batch, ActorError>>;
 
     fn handle(&mut self, msg: ReceiveBatch, _ctx: &mut Context<Self>) -> Self::Result {
-        let (pool, tenant_id, tenant, every, metrics) =
-            (self.pool.clone(), self.tenant_id, self.tenant.clone(), self.snapshot_every, self.metrics.clone());
+        if let Err(refused) = self.serving() {
+            return Box::pin(fut::ready(Err(refused)));
+        }
+        let (pool, tenant_id, tenant, every, metrics, fence) =
+            (self.pool.clone(), self.tenant_id, self.tenant.clone(), self.snapshot_every, self.metrics.clone(), self.fence);
         let span = info_span!("command", tenant = %self.tenant, actor = "tenant", command = "receive_batch");
         Box::pin(
-            async move { inventory::receive(&pool, tenant_id, &tenant, &msg.caller, &msg.batch, every, &metrics).await }
+            lease::with_fence(fence, async move { inventory::receive(&pool, tenant_id, &tenant, &msg.caller, &msg.batch, every, &metrics).await })
                 .instrument(span)
                 .into_actor(self)
                 .map(|received, supervisor, _ctx| {
@@ -358,10 +486,13 @@ impl Handler<RegisterAmbulance> for TenantSupervisor {
     type Result = ResponseActFuture<Self, Result<Unit, ActorError>>;
 
     fn handle(&mut self, msg: RegisterAmbulance, _ctx: &mut Context<Self>) -> Self::Result {
-        let (pool, tenant_id, tenant, metrics) = (self.pool.clone(), self.tenant_id, self.tenant.clone(), self.metrics.clone());
+        if let Err(refused) = self.serving() {
+            return Box::pin(fut::ready(Err(refused)));
+        }
+        let (pool, tenant_id, tenant, metrics, fence) = (self.pool.clone(), self.tenant_id, self.tenant.clone(), self.metrics.clone(), self.fence);
         let span = info_span!("command", tenant = %self.tenant, actor = "tenant", command = "register_ambulance");
         Box::pin(
-            async move { ambulance::register(&pool, tenant_id, &tenant, &msg.caller, &msg.call_sign, &metrics).await }
+            lease::with_fence(fence, async move { ambulance::register(&pool, tenant_id, &tenant, &msg.caller, &msg.call_sign, &metrics).await })
                 .instrument(span)
                 .into_actor(self)
                 .map(|registered, supervisor, _ctx| {
@@ -375,14 +506,15 @@ impl Handler<RegisterAmbulance> for TenantSupervisor {
 
 /// The tenant's dispatch actor.
 #[derive(Message)]
-#[rtype(result = "Addr<DispatchActor>")]
+#[rtype(result = "Result<Addr<DispatchActor>, ActorError>")]
 pub struct DispatchAddr;
 
 impl Handler<DispatchAddr> for TenantSupervisor {
-    type Result = MessageResult<DispatchAddr>;
+    type Result = Result<Addr<DispatchActor>, ActorError>;
 
     fn handle(&mut self, _msg: DispatchAddr, _ctx: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.dispatch.clone().expect("the dispatch actor starts with the supervisor"))
+        self.serving()?;
+        self.dispatch.clone().ok_or_else(|| ActorError::Unavailable(format!("the dispatch of tenant {} is not running; retry", self.tenant)))
     }
 }
 
@@ -412,11 +544,14 @@ impl Handler<OpenConsult> for TenantSupervisor {
     type Result = ResponseActFuture<Self, Result<Opened, ActorError>>;
 
     fn handle(&mut self, msg: OpenConsult, _ctx: &mut Context<Self>) -> Self::Result {
-        let (pool, tenant_id, tenant, every, metrics) =
-            (self.pool.clone(), self.tenant_id, self.tenant.clone(), self.snapshot_every, self.metrics.clone());
+        if let Err(refused) = self.serving() {
+            return Box::pin(fut::ready(Err(refused)));
+        }
+        let (pool, tenant_id, tenant, every, metrics, fence) =
+            (self.pool.clone(), self.tenant_id, self.tenant.clone(), self.snapshot_every, self.metrics.clone(), self.fence);
         let span = info_span!("command", tenant = %self.tenant, actor = "tenant", command = "open_consult");
         Box::pin(
-            async move { consult::open(&pool, tenant_id, &tenant, &msg.caller, msg.appointment_id, every, &metrics).await }
+            lease::with_fence(fence, async move { consult::open(&pool, tenant_id, &tenant, &msg.caller, msg.appointment_id, every, &metrics).await })
                 .instrument(span)
                 .into_actor(self)
                 .map(|opened, supervisor, _ctx| {
@@ -427,5 +562,20 @@ impl Handler<OpenConsult> for TenantSupervisor {
                     Ok(opened)
                 }),
         )
+    }
+}
+
+/// This node lost the tenant's lease (another node took it over): stop serving it here.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct LeaseLost;
+
+impl Handler<LeaseLost> for TenantSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: LeaseLost, _ctx: &mut Context<Self>) {
+        warn!(tenant = %self.tenant, actor = "tenant", token = ?self.fence, "this node lost the tenant's lease; stopping the tenant's actors here");
+        let node = self.lease.as_ref().map_or_else(|| "unnamed".to_owned(), |node| node.config().node_id.clone());
+        self.retire(Refusal::NotOwner(format!("this node ({node}) no longer owns tenant {}; nothing was done here, retry", self.tenant)));
     }
 }

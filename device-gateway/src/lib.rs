@@ -10,8 +10,11 @@
 //!
 //! Two ways to run ([`Broker`]):
 //! - **Embedded** (the default): the hub itself terminates MQTT 3.1.1 and 5 on a TCP port.
-//! - **External**: the hub is a client (rumqttc) of a broker such as mosquitto, whose own password
-//!   and ACL files (written by [`write_mosquitto_files`]) confine devices; the scale-out path.
+//! - **External**: the hub is an MQTT 5 client (rumqttc) of a broker such as mosquitto, whose own
+//!   password and ACL files (written by [`write_mosquitto_files`]) confine devices; the scale-out
+//!   path. Hub nodes sharing one broker join one shared subscription ([`ShareGroup`]), so the
+//!   broker gives each device message to one of them, and each acknowledges a message to the broker
+//!   only once the hub has taken it (`external.rs`).
 //!
 //! # Why the embedded broker is a hub-terminated endpoint
 //!
@@ -65,7 +68,7 @@ use medhub_actors::{ActorError, TenantSlug};
 pub use directory::{deactivate_device, list_devices, register_device, Device, DeviceError, DeviceKind, DeviceTopics, NewDevice, RegisteredDevice};
 pub use mosquitto::{mosquitto_conf, write_mosquitto_files, BrokerFilesError, BrokerLogin, MosquittoFiles};
 pub use payload::UNIT_STATUSES;
-pub use topics::{command_topic, device_topic, Telemetry};
+pub use topics::{command_topic, device_topic, ShareGroup, Telemetry};
 
 /// Default largest MQTT packet (and so payload) a device may send.
 pub const DEFAULT_MAX_PACKET_BYTES: usize = 64 * 1024;
@@ -76,8 +79,9 @@ pub enum Broker {
     /// The hub's own endpoint on `listen` (port 0: any free port). With `any_port_if_taken`, a
     /// taken address falls back to a free port (meant for the built-in default only).
     Embedded { listen: SocketAddr, any_port_if_taken: bool },
-    /// An external broker, `mqtt://user:password@host:port`, that the hub joins as a client.
-    External { url: String },
+    /// An external broker, `mqtt://user:password@host:port`, that the hub joins as a client,
+    /// reading device telemetry as a member of `share_group` (one group per deployment).
+    External { url: String, share_group: ShareGroup },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,6 +89,9 @@ pub struct GatewayConfig {
     pub broker: Broker,
     /// Largest packet a device may send; larger ones are refused (and counted) unread.
     pub max_packet_bytes: usize,
+    /// This hub node's id (`--node-id`). With an external broker it names the hub's MQTT client,
+    /// so that the broker's log tells the nodes apart.
+    pub node_id: String,
 }
 
 #[derive(Debug, Error)]
@@ -93,6 +100,8 @@ pub enum GatewayError {
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("invalid MQTT broker URL: {0}")]
     BrokerUrl(String),
+    #[error("invalid mqtt_share_group: {0}")]
+    ShareGroup(String),
     #[error("max_packet_bytes must be between 1024 and 268435455, not {0}")]
     MaxPacketBytes(usize),
     #[error("cannot start the gateway's threads: {0}")]
@@ -162,14 +171,20 @@ impl Gateway {
                 info!(addr = %local_addr, max_packet_bytes = config.max_packet_bytes, "mqtt listening");
                 (Transport::Embedded(shared), Some(local_addr), task)
             }
-            Broker::External { url } => {
+            Broker::External { url, share_group } => {
                 let url = external::parse_url(url)?;
-                let (shared, run) = external::start(&url, Arc::new(ingest), pool.clone(), config.max_packet_bytes, shutdown_rx);
+                let client = external::ClientConfig {
+                    url,
+                    share_group: share_group.clone(),
+                    client_id: external::client_id(&config.node_id),
+                    max_packet_bytes: config.max_packet_bytes,
+                };
+                info!(broker = ?client.url, client_id = client.client_id, share_group = %client.share_group, "mqtt: connecting to the external broker");
+                let (shared, run) = external::start(client, Arc::new(ingest), pool.clone(), shutdown_rx);
                 let task = runtime.spawn(async move {
                     run.await;
                     pool.close().await;
                 });
-                info!(broker = ?url, "mqtt: connecting to the external broker");
                 (Transport::External(shared), None, task)
             }
         };
@@ -185,8 +200,10 @@ impl Gateway {
         self.local_addr
     }
 
-    /// Disconnects every device (MQTT 5 devices are told the server is shutting down) or leaves
-    /// the external broker, and stops the gateway's threads.
+    /// Disconnects every device (MQTT 5 devices are told the server is shutting down), or leaves
+    /// the external broker's shared subscription (the other hub nodes get the next messages),
+    /// finishes and acknowledges the messages it holds, and disconnects; then stops the gateway's
+    /// threads.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         if let Some(task) = self.task.take() {

@@ -9,7 +9,10 @@
 //!   topics (`publish`, `subscribe`);
 //! - `medhub_mqtt_accepted_total{kind}`: messages validated and taken by the hub (`gps`, `vitals`,
 //!   `status`);
-//! - `medhub_mqtt_rejected_total{reason}`: messages refused, by [`RejectReason`];
+//! - `medhub_mqtt_rejected_total{reason}`: messages refused, by [`RejectReason`] (a message the
+//!   hub could not take counts again each time it is tried again);
+//! - `medhub_mqtt_undelivered_total{kind}`: external broker: valid messages the hub still could not
+//!   take after trying for a while, acknowledged to the broker and lost (alert on it);
 //! - `medhub_mqtt_commands_total{outcome}`: commands to units (`queued`, `delivered`,
 //!   `no_subscriber`, `overloaded`).
 
@@ -27,6 +30,7 @@ pub(crate) struct GatewayMetrics {
     acl_refusals: IntCounterVec,
     accepted: IntCounterVec,
     rejected: IntCounterVec,
+    undelivered: IntCounterVec,
     commands: IntCounterVec,
 }
 
@@ -115,6 +119,10 @@ impl GatewayMetrics {
         )?;
         let accepted = IntCounterVec::new(Opts::new("medhub_mqtt_accepted_total", "Device messages validated and taken by the hub, by kind"), &["kind"])?;
         let rejected = IntCounterVec::new(Opts::new("medhub_mqtt_rejected_total", "Device messages refused, by reason"), &["reason"])?;
+        let undelivered = IntCounterVec::new(
+            Opts::new("medhub_mqtt_undelivered_total", "Valid device messages from the external broker the hub could not take in time, by kind: lost"),
+            &["kind"],
+        )?;
         let commands = IntCounterVec::new(Opts::new("medhub_mqtt_commands_total", "Commands to units, by outcome"), &["outcome"])?;
         registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(broker_connected.clone()))?;
@@ -123,6 +131,7 @@ impl GatewayMetrics {
         registry.register(Box::new(acl_refusals.clone()))?;
         registry.register(Box::new(accepted.clone()))?;
         registry.register(Box::new(rejected.clone()))?;
+        registry.register(Box::new(undelivered.clone()))?;
         registry.register(Box::new(commands.clone()))?;
         // Every series exists from the start at 0, so a dashboard (or a test) sees a rate, not a gap.
         for reason in ConnectRefusal::ALL {
@@ -133,6 +142,7 @@ impl GatewayMetrics {
         }
         for kind in Telemetry::ALL {
             accepted.with_label_values(&[kind.as_str()]);
+            undelivered.with_label_values(&[kind.as_str()]);
         }
         for reason in RejectReason::ALL {
             rejected.with_label_values(&[reason.as_str()]);
@@ -140,7 +150,7 @@ impl GatewayMetrics {
         for outcome in CommandOutcome::ALL {
             commands.with_label_values(&[outcome.as_str()]);
         }
-        Ok(GatewayMetrics { connections, broker_connected, connects, refused_connects, acl_refusals, accepted, rejected, commands })
+        Ok(GatewayMetrics { connections, broker_connected, connects, refused_connects, acl_refusals, accepted, rejected, undelivered, commands })
     }
 
     pub fn refused_connect(&self, reason: ConnectRefusal) {
@@ -157,6 +167,10 @@ impl GatewayMetrics {
 
     pub fn rejected(&self, reason: RejectReason) {
         self.rejected.with_label_values(&[reason.as_str()]).inc();
+    }
+
+    pub fn undelivered(&self, kind: Telemetry) {
+        self.undelivered.with_label_values(&[kind.as_str()]).inc();
     }
 
     pub fn command(&self, outcome: CommandOutcome) {

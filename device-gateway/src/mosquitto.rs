@@ -9,6 +9,12 @@
 //! tenant and unit, which neither carries. Regenerate the files after registering or deactivating
 //! devices ([`write_mosquitto_files`]) and send mosquitto SIGHUP to reload them. Point mosquitto at
 //! them with [`mosquitto_conf`].
+//!
+//! The hub's `topic read` rules also cover its shared subscriptions (`$share/{group}/medhub/...`,
+//! see `external.rs`), so the file does not depend on the group's name: mosquitto 2.0 grants a
+//! SUBSCRIBE whatever the ACL says and checks read access on every delivery, against the message's
+//! own topic (`medhub/{tenant}/ambulance/{unit}/gps`), never the `$share/{group}/` prefix. Checked
+//! with Debian's mosquitto 2.0.11 (`tests/mqtt_shared.rs` runs against it).
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;

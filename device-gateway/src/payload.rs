@@ -47,7 +47,8 @@ pub enum RejectReason {
     BadTime,
     /// Valid, but the hub refused it (e.g. a status change its unit cannot make).
     RefusedByHub,
-    /// Valid, but the hub could not take it now (QoS 1: not acknowledged, so the device resends).
+    /// Valid, but the hub could not take it now (embedded endpoint, QoS 1: not acknowledged, so the
+    /// device resends; external broker: tried again for a while, each try counted).
     HubUnavailable,
     /// External broker mode: a topic whose tenant or unit has no active device.
     UnknownUnit,

@@ -11,6 +11,8 @@ use medhub_actors::devices::DeviceIdentity;
 use medhub_actors::TenantSlug;
 use uuid::Uuid;
 
+use crate::GatewayError;
+
 /// What a device may publish: the three telemetry topics of its unit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Telemetry {
@@ -49,9 +51,56 @@ pub fn command_topic(tenant: &TenantSlug, unit_id: Uuid) -> String {
     device_topic(tenant.as_str(), unit_id, COMMAND_LEVEL)
 }
 
-/// The filters the hub subscribes to on an external broker: every unit's telemetry.
+/// Every unit's telemetry, as topic filters: what the hub reads on an external broker (its ACL
+/// grants exactly these).
 pub fn telemetry_filters() -> [String; 3] {
     Telemetry::ALL.map(|kind| format!("medhub/+/ambulance/+/{}", kind.as_str()))
+}
+
+/// The MQTT 5 shared-subscription group the hub nodes join on an external broker: the broker hands
+/// each message matching the group's filters to one member only, so that several hub nodes
+/// connected to one broker handle each device message once between them. Every node of one
+/// deployment must name the same group; two deployments on one broker must name different ones.
+///
+/// A name is 1 to 64 ASCII letters, digits, `-`, `_` or `.`: MQTT forbids only `/`, `+` and `#`,
+/// but the name also appears in the broker's configuration and logs, where anything else is a
+/// trap.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ShareGroup(String);
+
+impl ShareGroup {
+    /// The group when none is configured.
+    pub const DEFAULT: &'static str = "medhub";
+
+    pub fn parse(name: &str) -> Result<ShareGroup, GatewayError> {
+        let valid = (1..=64).contains(&name.len()) && name.bytes().all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.'));
+        if valid {
+            Ok(ShareGroup(name.to_owned()))
+        } else {
+            Err(GatewayError::ShareGroup(format!("{name:?} is not a shared-subscription group name: use 1 to 64 letters, digits, '-', '_' or '.'")))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// `$share/{group}/{filter}` for each of [`telemetry_filters`]: what a hub node subscribes to.
+    pub fn telemetry_filters(&self) -> [String; 3] {
+        telemetry_filters().map(|filter| format!("$share/{}/{filter}", self.0))
+    }
+}
+
+impl Default for ShareGroup {
+    fn default() -> ShareGroup {
+        ShareGroup(ShareGroup::DEFAULT.to_owned())
+    }
+}
+
+impl std::fmt::Display for ShareGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 /// A telemetry topic taken apart: whose unit, and what it carries.
@@ -138,5 +187,17 @@ mod tests {
         assert!(parse_telemetry_topic(&device_topic("Bad Slug", unit, "gps")).is_none());
         assert!(parse_telemetry_topic("medhub/alpha/ambulance/not-a-uuid/gps").is_none());
         assert_eq!(telemetry_filters()[0], "medhub/+/ambulance/+/gps");
+    }
+
+    #[test]
+    fn hub_nodes_share_the_telemetry_filters_under_their_group() {
+        let group = ShareGroup::parse("medhub-east.1").unwrap();
+        assert_eq!(group.telemetry_filters()[0], "$share/medhub-east.1/medhub/+/ambulance/+/gps");
+        assert_eq!(group.telemetry_filters()[2], "$share/medhub-east.1/medhub/+/ambulance/+/status");
+        assert_eq!(ShareGroup::default().as_str(), "medhub");
+        let long = "g".repeat(65);
+        for bad in ["", "a/b", "a+", "#", "with space", "ümlaut", long.as_str()] {
+            assert!(ShareGroup::parse(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -268,6 +268,12 @@ impl AuthService {
         }
     }
 
+    /// The tenant an access token was issued for, if the token is genuine and unexpired; no
+    /// database read (the session is checked where the request is served). For routing.
+    pub fn token_tenant(&self, token: &str) -> Option<Uuid> {
+        self.signer.verify(token, Utc::now()).ok().map(|claims| claims.tid)
+    }
+
     /// Checks the password and opens a session. Every attempt on a known tenant is audited.
     pub async fn login(&self, tenant: &str, email: &str, password: &str, source: Option<String>) -> Result<TokenPair, AuthError> {
         let row = sqlx::query(&format!(

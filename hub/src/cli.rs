@@ -45,6 +45,20 @@ enum Command {
     /// Manage tenants and users.
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// The hub nodes sharing this database and the tenants each serves.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// List the nodes (address, last heartbeat) and every tenant's lease (owner, fencing token,
+    /// time left).
+    Status {
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -120,7 +134,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init_logging(&settings.log, settings.log_format);
+    telemetry::init_logging(&settings.log, settings.log_format, matches!(cli.command, Command::Cluster(_)));
     if let Command::Simulate(args) = cli.command {
         // A client of the hub, on a multi-threaded runtime of its own (many units).
         return simulate(args);
@@ -168,6 +182,13 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             println!("migrations applied");
             database.close().await;
             Ok(())
+        }
+        Command::Cluster(ClusterCommand::Status { json }) => {
+            let database = Database::open(&settings).await?;
+            database.migrate().await?;
+            let result = cluster_status(&database, settings.lease_ttl, json).await;
+            database.close().await;
+            result
         }
         Command::Admin(admin) => {
             let database = Database::open(&settings).await?;
@@ -291,6 +312,51 @@ async fn run_admin(database: &Database, command: AdminCommand) -> anyhow::Result
             let id = seed::create_user(&database.pool, &tenant, &email, &name, role, &password).await?;
             println!("created {role} {email} in {tenant} ({id})");
         }
+    }
+    Ok(())
+}
+
+/// `hub cluster status`: what the nodes and leases look like in the database right now. A node is
+/// alive when its heartbeat is younger than one lease TTL (`--lease-ttl-secs`, as the nodes run).
+async fn cluster_status(database: &Database, ttl: Duration, json: bool) -> anyhow::Result<()> {
+    use medhub_actors::lease;
+    let nodes = lease::nodes(&database.pool).await?;
+    let leases = lease::all_leases(&database.pool).await?;
+    let slugs: std::collections::HashMap<uuid::Uuid, String> =
+        sqlx::query_as("SELECT id, slug FROM tenants").fetch_all(&database.pool).await?.into_iter().collect();
+    let now = chrono::Utc::now();
+    let db_now: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT now()").fetch_one(&database.pool).await?;
+    let alive = |silent: f64| silent < ttl.as_secs_f64();
+    if json {
+        let body = serde_json::json!({
+            "nodes": nodes.iter().map(|n| serde_json::json!({
+                "node_id": n.node_id, "url": n.url, "started_at": n.started_at, "heartbeat_at": n.heartbeat_at,
+                "alive": alive(n.silent_secs),
+                "tenants": leases.iter().filter(|l| l.owner == n.node_id && l.expires_at > db_now).count(),
+            })).collect::<Vec<_>>(),
+            "leases": leases.iter().map(|l| serde_json::json!({
+                "tenant_id": l.tenant_id, "tenant": slugs.get(&l.tenant_id), "owner": l.owner, "token": l.token,
+                "expires_at": l.expires_at, "live": l.expires_at > db_now,
+            })).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&body)?);
+        return Ok(());
+    }
+    println!("NODES ({}, as of {})", nodes.len(), now.format("%Y-%m-%d %H:%M:%S UTC"));
+    println!("  {:<32} {:<30} {:>10} {:>8}  STATE", "NODE", "URL", "HEARTBEAT", "TENANTS");
+    for node in &nodes {
+        let owned = leases.iter().filter(|l| l.owner == node.node_id && l.expires_at > db_now).count();
+        let state = if alive(node.silent_secs) { "alive" } else { "silent (dead, paused or cut off)" };
+        println!("  {:<32} {:<30} {:>9.1}s {:>8}  {state}", node.node_id, node.url, node.silent_secs, owned);
+    }
+    println!("\nLEASES ({})", leases.len());
+    println!("  {:<24} {:<32} {:>7} {:>10}", "TENANT", "OWNER", "TOKEN", "EXPIRES");
+    for lease in &leases {
+        let tenant = slugs.get(&lease.tenant_id).cloned().unwrap_or_else(|| lease.tenant_id.to_string());
+        let left = (lease.expires_at - db_now).num_milliseconds() as f64 / 1000.0;
+        let expires = if left > 0.0 { format!("in {left:.1}s") } else { "expired".to_owned() };
+        let owner = if lease.owner.is_empty() { "-" } else { lease.owner.as_str() };
+        println!("  {:<24} {:<32} {:>7} {:>10}", tenant, owner, lease.token, expires);
     }
     Ok(())
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use medhub_device_gateway::{Broker, GatewayConfig, DEFAULT_MAX_PACKET_BYTES};
+use medhub_device_gateway::{Broker, GatewayConfig, ShareGroup, DEFAULT_MAX_PACKET_BYTES};
 use medhub_media::MediaConfig;
 use serde::Deserialize;
 
@@ -29,6 +29,12 @@ pub struct ConfigArgs {
     /// PostgreSQL cluster in <data-dir>/postgres.
     #[arg(long, env = "MEDHUB_DATABASE_URL", global = true, hide_env_values = true)]
     pub database_url: Option<String>,
+
+    /// Redis URL (redis://[user:password@]host:port) of the backplane that carries live updates
+    /// between several hubs on one database. Without it each hub listens to PostgreSQL itself and
+    /// sees only its own units' live positions.
+    #[arg(long, env = "MEDHUB_REDIS_URL", global = true, hide_env_values = true)]
+    pub redis_url: Option<String>,
 
     /// Directory for the hub's own files (the embedded PostgreSQL cluster, its log) [default: .medhub].
     #[arg(long, env = "MEDHUB_DATA_DIR", global = true)]
@@ -133,6 +139,12 @@ pub struct ConfigArgs {
     #[arg(long, env = "MEDHUB_MQTT_BROKER_URL", global = true, hide_env_values = true)]
     pub mqtt_broker_url: Option<String>,
 
+    /// With --mqtt-broker-url: the MQTT 5 shared-subscription group the hub nodes join, so that the
+    /// broker hands each device message to one node of the group; the same on every node of one
+    /// deployment [default: medhub].
+    #[arg(long, env = "MEDHUB_MQTT_SHARE_GROUP", global = true)]
+    pub mqtt_share_group: Option<String>,
+
     /// Largest MQTT packet a device may send, in bytes; larger ones are refused and counted [default: 65536].
     #[arg(long, env = "MEDHUB_MQTT_MAX_PACKET_BYTES", global = true)]
     pub mqtt_max_packet_bytes: Option<usize>,
@@ -154,6 +166,21 @@ pub struct ConfigArgs {
     /// Seconds a consult participant whose connection dropped shows as reconnecting before left [default: 30].
     #[arg(long, env = "MEDHUB_CONSULT_RECONNECT_GRACE_SECS", global = true)]
     pub consult_reconnect_grace_secs: Option<u64>,
+
+    /// This node's identity among hub nodes sharing a database (tenant leases name their owner by
+    /// it); must be unique per running process [default: hostname and a random suffix].
+    #[arg(long, env = "MEDHUB_NODE_ID", global = true)]
+    pub node_id: Option<String>,
+
+    /// Seconds a tenant lease lasts without renewal; the owner renews every third of it, and
+    /// another node takes a tenant over once it expired [default: 5].
+    #[arg(long, env = "MEDHUB_LEASE_TTL_SECS", global = true)]
+    pub lease_ttl_secs: Option<u64>,
+
+    /// The URL other hub nodes reach this node's HTTP at, to forward requests for the tenants it
+    /// serves [default: http:// and the address the hub listens on; the host name when that is 0.0.0.0].
+    #[arg(long, env = "MEDHUB_ADVERTISE_URL", global = true)]
+    pub advertise_url: Option<String>,
 
     /// Seconds graceful shutdown waits for in-flight requests [default: 10].
     #[arg(long, env = "MEDHUB_SHUTDOWN_TIMEOUT_SECS", global = true)]
@@ -183,6 +210,8 @@ pub enum LogFormat {
 pub struct Settings {
     pub listen: SocketAddr,
     pub database_url: Option<String>,
+    /// The Redis backplane between hubs (`None`: none).
+    pub redis_url: Option<String>,
     pub data_dir: PathBuf,
     pub pg_bin_dir: Option<PathBuf>,
     pub pg_port: u16,
@@ -211,6 +240,12 @@ pub struct Settings {
     /// The consults' media (SFU): UDP ports, addresses to announce, loopback.
     pub media: MediaConfig,
     pub consult_reconnect_grace: Duration,
+    /// This node's identity in tenant leases.
+    pub node_id: String,
+    /// How long a tenant lease lasts without renewal.
+    pub lease_ttl: Duration,
+    /// Where other nodes reach this one (`None`: derived from the listening address).
+    pub advertise_url: Option<String>,
     pub shutdown_timeout: Duration,
     pub log: String,
     pub log_format: LogFormat,
@@ -230,13 +265,13 @@ impl Settings {
             Some(path) => read_file(path)?,
             None => ConfigArgs::default(),
         };
-        prefer!(cli, file; listen, database_url, data_dir, pg_bin_dir, pg_port, db_max_connections, db_actor_connections, jwt_secret,
+        prefer!(cli, file; listen, database_url, redis_url, data_dir, pg_bin_dir, pg_port, db_max_connections, db_actor_connections, jwt_secret,
             access_token_ttl_secs, refresh_token_ttl_secs, snapshot_every, actor_threads, http_workers,
             ws_queue_capacity, ws_heartbeat_secs, ws_client_timeout_secs, ws_session_check_secs, ws_replay_limit, reminder_lead_secs,
             reminder_sweep_secs, expiry_alert_days, expiry_sweep_secs, dispatch_ack_timeout_secs, dispatch_speed_kmh, arrival_geofence_m,
-            mqtt_listen, mqtt_broker_url, mqtt_max_packet_bytes,
+            mqtt_listen, mqtt_broker_url, mqtt_share_group, mqtt_max_packet_bytes,
             media_udp_ports, media_public_ips, media_loopback, consult_reconnect_grace_secs,
-            shutdown_timeout_secs,
+            node_id, lease_ttl_secs, advertise_url, shutdown_timeout_secs,
             log, log_format, enable_fault_injection);
 
         let log_format = match log_format.as_deref().unwrap_or("text") {
@@ -259,15 +294,31 @@ impl Settings {
         if !(1024..=16 * 1024 * 1024).contains(&max_packet_bytes) {
             bail!("mqtt_max_packet_bytes must be between 1024 and 16777216, not {max_packet_bytes}");
         }
+        let share_group = match mqtt_share_group.as_deref().map(str::trim) {
+            Some(name) => ShareGroup::parse(name)?,
+            None => ShareGroup::default(),
+        };
         let broker = match (mqtt_broker_url.filter(|url| !url.trim().is_empty()), mqtt_listen) {
             (Some(_), Some(_)) => bail!("mqtt_listen and mqtt_broker_url exclude each other: the hub either is the broker or uses one"),
-            (Some(url), None) => Broker::External { url },
+            (Some(url), None) => Broker::External { url, share_group },
             // Only the built-in default may move to a free port when taken; an address the operator chose may not.
             (None, listen) => Broker::Embedded { listen: listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 1883))), any_port_if_taken: listen.is_none() },
+        };
+        let node_id = match node_id.map(|id| id.trim().to_owned()) {
+            Some(id) if id.is_empty() || id.len() > 200 => bail!("node_id must be 1 to 200 characters"),
+            Some(id) => id,
+            None => default_node_id(),
         };
         let settings = Settings {
             listen: listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
             database_url: database_url.filter(|url| !url.trim().is_empty()),
+            redis_url: match redis_url.map(|url| url.trim().to_owned()).filter(|url| !url.is_empty()) {
+                // Not echoed: it may hold a password.
+                Some(url) if !(url.starts_with("redis://") || url.starts_with("unix://") || url.starts_with("redis+unix://")) => {
+                    bail!("redis_url must be redis://[user:password@]host:port (or unix:///path/to/socket); TLS (rediss://) is not supported")
+                }
+                other => other,
+            },
             data_dir: data_dir.unwrap_or_else(|| PathBuf::from(".medhub")),
             pg_bin_dir,
             pg_port: pg_port.unwrap_or(0),
@@ -293,13 +344,21 @@ impl Settings {
             dispatch_ack_timeout: Duration::from_secs(positive("dispatch_ack_timeout_secs", dispatch_ack_timeout_secs.unwrap_or(30))?),
             dispatch_speed_kmh: in_range("dispatch_speed_kmh", dispatch_speed_kmh.unwrap_or(40.0), 5.0, 200.0)?,
             arrival_geofence_m: in_range("arrival_geofence_m", arrival_geofence_m.unwrap_or(150.0), 10.0, 5000.0)?,
-            mqtt: GatewayConfig { broker, max_packet_bytes },
+            mqtt: GatewayConfig { broker, max_packet_bytes, node_id: node_id.clone() },
             media: MediaConfig {
                 udp_ports: media_udp_ports.as_deref().map(parse_port_range).transpose()?,
                 public_ips: parse_ips(media_public_ips.as_deref().unwrap_or(""))?,
                 include_loopback: media_loopback.unwrap_or(true),
             },
             consult_reconnect_grace: Duration::from_secs(positive("consult_reconnect_grace_secs", consult_reconnect_grace_secs.unwrap_or(30))?),
+            node_id,
+            lease_ttl: Duration::from_secs(positive("lease_ttl_secs", lease_ttl_secs.unwrap_or(5))?),
+            advertise_url: match advertise_url.map(|url| url.trim().trim_end_matches('/').to_owned()).filter(|url| !url.is_empty()) {
+                Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => {
+                    bail!("advertise_url must be an http:// or https:// URL, not {url:?}")
+                }
+                other => other,
+            },
             shutdown_timeout: Duration::from_secs(shutdown_timeout_secs.unwrap_or(10)),
             log: log.unwrap_or_else(|| "info".to_owned()),
             log_format,
@@ -318,6 +377,18 @@ fn in_range(name: &str, value: f64, min: f64, max: f64) -> anyhow::Result<f64> {
 }
 
 /// "90,30,7" → [90, 30, 7]: whole days from 1 to 3650.
+/// The host's name and a random suffix: unique per process, recognisable in `tenant_leases`.
+fn default_node_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "hub".to_owned());
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host}-{}", &suffix[..8])
+}
+
 fn parse_days(text: &str) -> anyhow::Result<Vec<i32>> {
     let mut days = Vec::new();
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -398,7 +469,15 @@ mod tests {
         let cli = ConfigArgs { mqtt_listen: Some(default), ..Default::default() };
         assert_eq!(Settings::resolve(&cli).unwrap().mqtt.broker, Broker::Embedded { listen: default, any_port_if_taken: false });
         let cli = ConfigArgs { mqtt_broker_url: Some("mqtt://hub:pw@broker:1883".into()), ..Default::default() };
-        assert_eq!(Settings::resolve(&cli).unwrap().mqtt.broker, Broker::External { url: "mqtt://hub:pw@broker:1883".into() });
+        let external = Broker::External { url: "mqtt://hub:pw@broker:1883".into(), share_group: ShareGroup::parse("medhub").unwrap() };
+        assert_eq!(Settings::resolve(&cli).unwrap().mqtt.broker, external);
+        let cli = ConfigArgs { mqtt_broker_url: Some("mqtt://hub:pw@broker:1883".into()), mqtt_share_group: Some("medhub-east".into()), ..Default::default() };
+        let Broker::External { share_group, .. } = Settings::resolve(&cli).unwrap().mqtt.broker else { panic!("an external broker") };
+        assert_eq!(share_group.as_str(), "medhub-east");
+        let cli = ConfigArgs { mqtt_broker_url: Some("mqtt://broker".into()), mqtt_share_group: Some("a/b".into()), ..Default::default() };
+        assert!(Settings::resolve(&cli).unwrap_err().to_string().contains("mqtt_share_group"));
+        let cli = ConfigArgs { node_id: Some("node-a".into()), ..Default::default() };
+        assert_eq!(Settings::resolve(&cli).unwrap().mqtt.node_id, "node-a");
         let cli = ConfigArgs { mqtt_broker_url: Some("mqtt://broker".into()), mqtt_listen: Some(default), ..Default::default() };
         assert!(Settings::resolve(&cli).unwrap_err().to_string().contains("mqtt_broker_url"));
         let cli = ConfigArgs { mqtt_max_packet_bytes: Some(10), ..Default::default() };
@@ -433,5 +512,11 @@ mod tests {
         assert!(Settings::resolve(&cli).unwrap_err().to_string().contains("jwt_secret"));
         let cli = ConfigArgs { log_format: Some("xml".into()), ..Default::default() };
         assert!(Settings::resolve(&cli).unwrap_err().to_string().contains("log_format"));
+        let cli = ConfigArgs { redis_url: Some("http://user:secret@cache:6379".into()), ..Default::default() };
+        let refused = Settings::resolve(&cli).unwrap_err().to_string();
+        assert!(refused.contains("redis_url") && !refused.contains("secret"), "{refused}");
+        let cli = ConfigArgs { redis_url: Some(" redis://cache:6379 ".into()), ..Default::default() };
+        assert_eq!(Settings::resolve(&cli).unwrap().redis_url.as_deref(), Some("redis://cache:6379"));
+        assert_eq!(Settings::resolve(&ConfigArgs::default()).unwrap().redis_url, None, "no backplane unless asked for");
     }
 }

@@ -5,6 +5,11 @@
 //! Unit addresses are cached: a fleet reporting every second would otherwise ask its tenant's
 //! supervisor once per message. Supervised actors keep their address across restarts, so an entry
 //! only goes stale when the unit's actor stops for good; it is then dropped and asked for again.
+//!
+//! With several hub nodes, a device may reach a node that does not serve its tenant (it connected
+//! to that node's MQTT endpoint, or the external broker's shared subscription gave the message to
+//! it): [`ClusterSink`] hands the message to the node that does, and the device gets that node's
+//! verdict (acknowledged only after the owner committed).
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -17,8 +22,11 @@ use tracing::debug;
 
 use medhub_actors::ambulance::{AmbulanceActor, PositionFix, SetStatus, UnitStatus, VitalsReading};
 use medhub_actors::devices::{DeviceFuture, DeviceIdentity, DeviceMessage, DeviceSink};
+use medhub_actors::lease;
 use medhub_actors::runtime::ActorRuntime;
 use medhub_actors::ActorError;
+
+use crate::cluster::{Cluster, Route};
 
 pub struct ActorSink {
     runtime: Arc<ActorRuntime>,
@@ -47,9 +55,13 @@ fn reported_status(report: &str) -> Result<UnitStatus, ActorError> {
     }
 }
 
-/// The unit's actor, from the cache or from its tenant's supervisor.
+/// The unit's actor, from the cache or from its tenant's supervisor. The cache is used only while
+/// this node holds the tenant's lease: an actor of a tenant that moved to another node must not
+/// take fixes any more.
 async fn unit_actor(runtime: &ActorRuntime, units: &RwLock<HashMap<Uuid, Addr<AmbulanceActor>>>, from: &DeviceIdentity) -> Result<Addr<AmbulanceActor>, ActorError> {
-    if let Some(addr) = units.read().expect("unit cache lock").get(&from.unit_id).filter(|addr| addr.connected()) {
+    if lease::held_token(from.tenant_id).is_none() {
+        units.write().expect("unit cache lock").remove(&from.unit_id);
+    } else if let Some(addr) = units.read().expect("unit cache lock").get(&from.unit_id).filter(|addr| addr.connected()) {
         return Ok(addr.clone());
     }
     let addr = runtime.ambulance(from.tenant_id, &from.tenant, from.unit_id).await?;
@@ -88,6 +100,46 @@ impl DeviceSink for ActorSink {
                 debug!(tenant = %from.tenant, unit_id = %from.unit_id, kind, error = %e, "device message refused by the unit");
             }
             outcome
+        })
+    }
+}
+
+/// Delivers here when this node serves the device's tenant, else to the node that does.
+pub struct ClusterSink {
+    local: Arc<ActorSink>,
+    cluster: Arc<Cluster>,
+}
+
+impl ClusterSink {
+    pub fn new(local: Arc<ActorSink>, cluster: Arc<Cluster>) -> ClusterSink {
+        ClusterSink { local, cluster }
+    }
+}
+
+impl DeviceSink for ClusterSink {
+    fn deliver(&self, from: DeviceIdentity, message: DeviceMessage) -> DeviceFuture<()> {
+        let (local, cluster) = (self.local.clone(), self.cluster.clone());
+        Box::pin(async move {
+            // Two rounds at most: a node found not to serve the tenant any more is asked once
+            // where it went (nothing was done by the refusing node).
+            let mut asked_again = false;
+            loop {
+                let route = cluster.route(from.tenant_id).await?;
+                let outcome = match &route {
+                    Route::Here => local.deliver(from.clone(), message.clone()).await,
+                    Route::Forward(owner) => cluster.deliver_remote(owner, &from, &message).await,
+                };
+                match outcome {
+                    Err(ActorError::NotOwner(detail)) if !asked_again => {
+                        debug!(tenant = %from.tenant, unit_id = %from.unit_id, detail, "the unit's tenant moved; asking where");
+                        cluster.forget(from.tenant_id);
+                        asked_again = true;
+                    }
+                    // The device sends again (no acknowledgement): at least once, never lost.
+                    Err(ActorError::NotOwner(detail)) => return Err(ActorError::Unavailable(detail)),
+                    other => return other,
+                }
+            }
         })
     }
 }

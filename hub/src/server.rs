@@ -22,6 +22,7 @@ use tokio::sync::{oneshot, watch};
 use tracing::{error, info, warn};
 
 use medhub_actors::consult::ConsultConfig;
+use medhub_actors::lease::{LeaseConfig, LeaseMetrics, LeaseNode};
 use medhub_actors::metrics::ActorMetrics;
 use medhub_actors::ambulance::TrackWriter;
 use medhub_actors::dispatch::{CommandsSlot, DispatchConfig};
@@ -30,15 +31,16 @@ use medhub_actors::{reminders, MIGRATOR};
 use medhub_device_gateway::Gateway;
 use medhub_media::Sfu;
 use medhub_realtime::metrics::RealtimeMetrics;
-use medhub_realtime::{ws_endpoint, Broker, Realtime, RealtimeConfig};
+use medhub_realtime::{ws_endpoint, BackplaneConfig, Broker, Realtime, RealtimeConfig};
 
 use crate::api;
 use crate::api::error::ApiError;
 use crate::auth::{self, AuthService, WsAuthenticator};
+use crate::cluster::{self, Cluster};
 use crate::config::Settings;
 use crate::console;
 use crate::consult_signaling::{ConsultMetrics, ConsultRooms};
-use crate::device_sink::ActorSink;
+use crate::device_sink::{ActorSink, ClusterSink};
 use crate::embedded_pg::EmbeddedPostgres;
 use crate::seed;
 use crate::telemetry::{self, HttpMetrics};
@@ -156,10 +158,21 @@ pub async fn serve(settings: Settings, demo: bool, ready: Option<oneshot::Sender
 
     let signing_key = auth::signing_key(&pool, settings.jwt_secret.as_deref()).await?;
     let auth = Arc::new(AuthService::new(pool.clone(), &signing_key, settings.access_token_ttl, settings.refresh_token_ttl));
-    let broker = Arc::new(Broker::new(realtime_metrics.clone()));
+    // With several hubs, Redis carries events and live positions between them (realtime/src/backplane.rs).
+    let broker = Arc::new(match &settings.redis_url {
+        Some(redis_url) => Broker::with_backplane(realtime_metrics.clone(), BackplaneConfig { redis_url: redis_url.clone(), node_id: settings.node_id.clone() })?,
+        None => Broker::new(realtime_metrics.clone()),
+    });
     let track = TrackWriter::start(pool.clone(), 50_000, &registry)?;
     let commands = CommandsSlot::default();
     let actor_pool = database.actor_pool(settings.db_actor_connections).await?;
+    let lease = LeaseNode::new(
+        actor_pool.clone(),
+        LeaseConfig { node_id: settings.node_id.clone(), ttl: settings.lease_ttl },
+        LeaseMetrics::register(&registry)?,
+    );
+    info!(node = %settings.node_id, lease_ttl_secs = settings.lease_ttl.as_secs(), "tenant leases: this node serves the tenants whose lease it holds");
+    let cluster = web::Data::new(Cluster::new(lease.clone(), pool.clone(), &signing_key, &registry)?);
     let runtime = ActorRuntime::start(
         actor_pool.clone(),
         RuntimeConfig { snapshot_every: settings.snapshot_every, threads: settings.actor_threads },
@@ -175,6 +188,7 @@ pub async fn serve(settings: Settings, demo: bool, ready: Option<oneshot::Sender
             commands: commands.clone(),
             consult: ConsultConfig { reconnect_grace: settings.consult_reconnect_grace },
         },
+        Some(lease.clone()),
     );
     let consult_rooms = ConsultRooms::new(runtime.clone(), pool.clone(), sfu, consult_metrics);
 
@@ -191,7 +205,11 @@ pub async fn serve(settings: Settings, demo: bool, ready: Option<oneshot::Sender
         shutdown_rx.clone(),
     ));
     // Devices over MQTT: what units say goes to their actors; dispatch commands go back through it.
-    let gateway = Gateway::start(settings.mqtt.clone(), &pool, Arc::new(ActorSink::new(runtime.clone(), &registry)?), &registry)?;
+    // A device's message goes to the unit's actor here, or to the node that serves its tenant.
+    let actor_sink = Arc::new(ActorSink::new(runtime.clone(), &registry)?);
+    let sink = ClusterSink::new(actor_sink.clone(), cluster.clone().into_inner());
+    let gateway = Gateway::start(settings.mqtt.clone(), &pool, Arc::new(sink), &registry)?;
+    let actor_sink = web::Data::from(actor_sink);
     commands.set(Arc::new(gateway.handle()));
     let devices = web::Data::new(gateway.handle());
 
@@ -224,18 +242,24 @@ pub async fn serve(settings: Settings, demo: bool, ready: Option<oneshot::Sender
         warn!("fault injection is ENABLED: admins can crash actors on purpose; never run production like this");
     }
     let fault_injection = settings.fault_injection;
+    let ready_settings = web::Data::new(ReadySettings { redis: settings.redis_url.is_some() });
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
             .app_data(realtime.clone())
             .app_data(devices.clone())
+            .app_data(cluster.clone())
+            .app_data(ready_settings.clone())
+            .app_data(actor_sink.clone())
             .app_data(web::PathConfig::default().error_handler(|e, _| ApiError::invalid("path", e.to_string()).into()))
             .app_data(web::QueryConfig::default().error_handler(|e, _| {
                 ApiError::BadRequest { code: "invalid_query", field: None, detail: e.to_string() }.into()
             }))
+            .wrap(from_fn(cluster::route_to_owner))
             .wrap(from_fn(telemetry::observe))
             .configure(|cfg| api::routes(cfg, fault_injection))
             .route("/ws", web::get().to(ws_endpoint))
+            .route(cluster::DEVICE_MESSAGES_PATH, web::post().to(cluster::device_message))
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))
             .route("/metrics", web::get().to(metrics))
@@ -248,7 +272,10 @@ pub async fn serve(settings: Settings, demo: bool, ready: Option<oneshot::Sender
     .bind(settings.listen)
     .with_context(|| format!("cannot listen on {}", settings.listen))?;
     let url = format!("http://{}", server.addrs()[0]);
+    let advertised = settings.advertise_url.clone().unwrap_or_else(|| advertised_url(server.addrs()[0]));
     let server = server.run();
+    // Other nodes forward requests for the tenants this node serves to `advertised`.
+    lease.register(&advertised).await.context("cannot announce this node in hub_nodes")?;
     let handle = server.handle();
     let server_task = actix_web::rt::spawn(server);
 
@@ -280,6 +307,7 @@ pub async fn serve(settings: Settings, demo: bool, ready: Option<oneshot::Sender
     let _ = reminder_task.await;
     gateway.shutdown().await;
     let _ = expiry_task.await;
+    runtime.release_leases().await;
     let runtime_to_stop = runtime.clone();
     tokio::task::spawn_blocking(move || runtime_to_stop.shutdown()).await?;
     // Track points still queued (a fix is acknowledged when the unit's actor takes it) are
@@ -324,19 +352,55 @@ async fn wait_for_signal() -> &'static str {
     }
 }
 
+/// What `/readyz` needs to know of the configuration.
+struct ReadySettings {
+    /// A Redis backplane is configured.
+    redis: bool,
+}
+
+/// Where other nodes reach this one: the listening address, or the host's name when it listens
+/// on every interface.
+fn advertised_url(listening: SocketAddr) -> String {
+    if listening.ip().is_unspecified() {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|name| name.trim().to_owned()).unwrap_or_default();
+        if !host.is_empty() {
+            return format!("http://{host}:{}", listening.port());
+        }
+    }
+    format!("http://{listening}")
+}
+
 async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
-/// Ready when the database answers and every migration this build knows is applied.
-async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+/// Ready when the database answers, every migration this build knows is applied and this node's
+/// leases are current (its last renewal round succeeded within a lease TTL: otherwise other nodes
+/// may be taking its tenants over, and a load balancer should send clients elsewhere).
+///
+/// The Redis backplane is reported (`connected`, `down`, or `none` without one) but does not make
+/// the node unready: while Redis is down every node still delivers events from PostgreSQL, and
+/// taking every node out of the load balancer at once would be worse than missing other nodes'
+/// live positions for a while.
+async fn readyz(state: web::Data<AppState>, cluster: web::Data<Cluster>, realtime: web::Data<Realtime>, settings: web::Data<ReadySettings>) -> HttpResponse {
     let latest = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
     let applied: Result<Option<i64>, sqlx::Error> =
         sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success").fetch_one(&state.pool).await;
+    let node = cluster.node_id();
+    let leases = if cluster.leases_current() { "current" } else { "stale" };
+    let backplane = match (settings.redis, realtime.broker.backplane_healthy()) {
+        (false, _) => "none",
+        (true, true) => "connected",
+        (true, false) => "down",
+    };
     match applied {
-        Ok(Some(version)) if version >= latest => {
-            HttpResponse::Ok().json(json!({"status": "ready", "database": "ok", "migration": version}))
-        }
+        Ok(Some(version)) if version >= latest && leases == "current" => HttpResponse::Ok().json(json!({
+            "status": "ready", "database": "ok", "migration": version, "node": node, "leases": leases, "backplane": backplane,
+        })),
+        Ok(Some(version)) if version >= latest => HttpResponse::ServiceUnavailable().json(json!({
+            "status": "not_ready", "database": "ok", "migration": version, "node": node, "leases": leases, "backplane": backplane,
+            "detail": "this node could not renew its tenant leases within a lease TTL; other nodes may be taking its tenants over",
+        })),
         Ok(version) => HttpResponse::ServiceUnavailable().json(json!({
             "status": "not_ready", "database": "ok",
             "detail": format!("migrations applied up to {version:?}, this build needs {latest}; run `hub migrate`"),

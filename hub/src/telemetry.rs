@@ -13,12 +13,15 @@ use tracing_subscriber::EnvFilter;
 use crate::config::LogFormat;
 use crate::server::AppState;
 
-pub fn init_logging(filter: &str, format: LogFormat) {
+/// Logs go to stdout for the server; a command whose stdout is its answer (`hub cluster status
+/// --json`) logs to stderr (`to_stderr`), so that its output can be piped into other tools.
+pub fn init_logging(filter: &str, format: LogFormat, to_stderr: bool) {
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|e| {
         eprintln!("invalid log filter {filter:?} ({e}); using \"info\"");
         EnvFilter::new("info")
     });
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(true);
+    let writer = move || -> Box<dyn std::io::Write> { if to_stderr { Box::new(std::io::stderr()) } else { Box::new(std::io::stdout()) } };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(true).with_writer(writer);
     let _ = match format {
         LogFormat::Text => builder.with_ansi(false).try_init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),

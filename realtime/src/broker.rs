@@ -13,9 +13,16 @@
 //! PostgreSQL delivers notifications in commit order, and a topic's commits are ordered by its seq,
 //! so events arrive here in seq order. If the listening connection drops, notifications sent
 //! meanwhile are lost: after reconnecting the broker reads every watched topic's missed events back
-//! from the event log, and any gap it notices on the way is filled the same way.
+//! from the event log, and any gap it notices on the way is filled the same way. A sweep
+//! ([`SWEEP_INTERVAL`]) compares each watched topic's head in `topic_seqs` with what was delivered
+//! and reads back what is missing, so an event whose notification was lost (a relay that died
+//! between commit and publish) does not wait for the topic's next event.
+//!
+//! With several hubs, a Redis backplane ([`crate::backplane`]) carries the notifications (one hub
+//! relays them from PostgreSQL) and every hub's live-only updates to every hub; one delivery loop
+//! takes notifications from whichever source and applies the same dedupe, gap fill and sweep.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -28,6 +35,7 @@ use tracing::{debug, error, info, warn};
 
 use medhub_actors::store::{self, Envelope, EVENTS_CHANNEL};
 
+use crate::backplane::{Backplane, BackplaneConfig, BackplaneError};
 use crate::metrics::RealtimeMetrics;
 
 /// One event on its way to a connection: the topic, its seq, and the envelope already serialised.
@@ -204,7 +212,24 @@ pub struct Broker {
     live: Mutex<HashMap<Arc<str>, Latest>>,
     next_connection: AtomicU64,
     metrics: RealtimeMetrics,
+    /// `None`: a single hub (or hubs that share nothing but PostgreSQL).
+    backplane: Option<Arc<Backplane>>,
 }
+
+/// What the delivery loop is handed: a notification's payload (from PostgreSQL or the backplane),
+/// or word that notifications may have been lost and every watched topic should be read back.
+pub(crate) enum Feed {
+    Notification(String),
+    CatchUp,
+}
+
+/// Notifications that may wait for the delivery loop.
+const FEED_CAPACITY: usize = 4096;
+
+/// How often the broker looks for committed events it was never told about. A topic counts as
+/// behind only if an event committed by the previous sweep is still undelivered, so a notification
+/// still on its way is not read back needlessly: a lost one is delivered within two intervals.
+pub const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
 
 /// What a notification carries: the envelope, or for large ones only where to read it.
 #[derive(Deserialize)]
@@ -217,7 +242,22 @@ struct Announced {
 
 impl Broker {
     pub fn new(metrics: RealtimeMetrics) -> Broker {
-        Broker { topics: RwLock::new(HashMap::new()), live: Mutex::default(), next_connection: AtomicU64::new(1), metrics }
+        Broker { topics: RwLock::new(HashMap::new()), live: Mutex::default(), next_connection: AtomicU64::new(1), metrics, backplane: None }
+    }
+
+    /// A broker that shares events and live-only updates with other hubs through Redis (see
+    /// [`crate::backplane`]). Fails only on a URL that cannot be used; an unreachable Redis is
+    /// retried once the broker runs.
+    pub fn with_backplane(metrics: RealtimeMetrics, config: BackplaneConfig) -> Result<Broker, BackplaneError> {
+        let backplane = Backplane::new(config, metrics.backplane.clone())?;
+        Ok(Broker { backplane: Some(Arc::new(backplane)), ..Broker::new(metrics) })
+    }
+
+    /// Whether this hub hears the other hubs: always without a backplane, with one while it is
+    /// subscribed to Redis. While it is not, the hub still delivers every event to its own
+    /// clients (from PostgreSQL) but not other hubs' live positions.
+    pub fn backplane_healthy(&self) -> bool {
+        self.backplane.as_ref().is_none_or(|backplane| backplane.healthy())
     }
 
     /// Registers a connection with a queue of `capacity` deliveries.
@@ -262,6 +302,11 @@ impl Broker {
         self.topics.read().expect("broker lock").keys().cloned().collect()
     }
 
+    /// The topic's shared name if anyone here watches it.
+    fn watched(&self, topic: &str) -> Option<Arc<str>> {
+        self.topics.read().expect("broker lock").get_key_value(topic).map(|(name, _)| name.clone())
+    }
+
     /// Hands one event to every subscriber of its topic without waiting for any of them.
     pub fn fan_out(&self, delivery: &Delivery) {
         let mut dropped = Vec::new();
@@ -289,13 +334,33 @@ impl Broker {
     /// Takes a live-only update (no seq, not in the event log) for the topic's subscribers; it
     /// goes out with the next tick and replaces any update of the same kind about the same
     /// `subject` gathered in this one.
+    /// With a backplane it also goes to the other hubs, whose clients may watch the topic.
     pub fn publish_live(&self, topic: &str, event_type: &str, subject: &str, data: &serde_json::Value) {
-        let Some(topic) = self.topics.read().expect("broker lock").get_key_value(topic).map(|(name, _)| name.clone()) else {
+        let watched = self.watched(topic);
+        if watched.is_none() && self.backplane.is_none() {
             return; // nobody is watching
-        };
-        let envelope = Envelope { kind: event_type.to_owned(), topic: topic.to_string(), seq: 0, ts: store::format_ts(chrono::Utc::now()), data: data.clone() };
+        }
+        let envelope = Envelope { kind: event_type.to_owned(), topic: topic.to_owned(), seq: 0, ts: store::format_ts(chrono::Utc::now()), data: data.clone() };
         let json: Arc<str> = Arc::from(serde_json::to_string(&envelope).expect("envelopes serialise"));
         let key: Arc<str> = Arc::from(format!("{event_type}\u{0}{subject}"));
+        if let Some(backplane) = &self.backplane {
+            backplane.offer_live(topic, &key, &json);
+        }
+        if let Some(topic) = watched {
+            self.gather_live(topic, key, json);
+        }
+    }
+
+    /// Another hub's live-only update (from the backplane): `key` and `envelope` as that hub made
+    /// them in [`Broker::publish_live`].
+    pub(crate) fn publish_foreign_live(&self, topic: &str, key: &str, envelope: &str) {
+        if let Some(topic) = self.watched(topic) {
+            self.gather_live(topic, Arc::from(key), Arc::from(envelope));
+        }
+    }
+
+    /// Adds an update to this tick's, replacing an older one with the same key.
+    fn gather_live(&self, topic: Arc<str>, key: Arc<str>, json: Arc<str>) {
         let mut live = self.live.lock().expect("live updates lock");
         let latest = live.entry(topic).or_default();
         let before = latest.replaced;
@@ -332,40 +397,49 @@ impl Broker {
         }
     }
 
-    /// Listens for committed events until `shutdown` turns true. Reconnects on its own.
-    /// Also ticks the live-only updates out (see [`Broker::run_live`]).
+    /// Delivers committed events until `shutdown` turns true: from PostgreSQL's notifications, or
+    /// with a backplane from Redis (and from PostgreSQL while Redis is away), plus the sweep.
+    /// Reconnects on its own. Also ticks the live-only updates out (see [`Broker::run_live`]).
     pub async fn run(self: Arc<Self>, pool: PgPool, mut shutdown: watch::Receiver<bool>) {
         tokio::spawn(self.clone().run_live(shutdown.clone()));
+        let (feed, mut feeds) = mpsc::channel(FEED_CAPACITY);
+        // Without a backplane this hub always listens to PostgreSQL itself.
+        let (_always, listen_directly) = watch::channel(true);
+        let listen_directly = match &self.backplane {
+            Some(backplane) => backplane.start(self.clone(), pool.clone(), feed.clone(), shutdown.clone()),
+            None => listen_directly,
+        };
+        tokio::spawn(listen_for_events(pool.clone(), feed, listen_directly, shutdown.clone()));
+
         let mut last_seq: HashMap<Arc<str>, i64> = HashMap::new();
+        let mut heads: HashMap<Arc<str>, i64> = HashMap::new();
+        let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut sweep_failing = false;
         loop {
-            let mut listener = match connect_listener(&pool).await {
-                Ok(listener) => listener,
-                Err(e) => {
-                    error!(error = %e, "cannot listen for events; retrying in 1 s");
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                        _ = shutdown.changed() => return,
+            let swept = tokio::select! {
+                fed = feeds.recv() => match fed {
+                    Some(Feed::Notification(payload)) => {
+                        self.handle(&pool, &payload, &mut last_seq).await;
+                        continue;
                     }
-                }
+                    Some(Feed::CatchUp) => self.sweep(&pool, &mut last_seq, &mut heads, Sweep::Everything).await,
+                    None => return,
+                },
+                _ = sweep.tick() => self.sweep(&pool, &mut last_seq, &mut heads, Sweep::Overdue).await,
+                _ = shutdown.changed() => return,
             };
-            info!(channel = EVENTS_CHANNEL, "listening for committed events");
-            // Whatever was committed while we were not listening.
-            self.catch_up(&pool, &mut last_seq).await;
-            loop {
-                tokio::select! {
-                    received = listener.try_recv() => match received {
-                        Ok(Some(notification)) => self.handle(&pool, notification.payload(), &mut last_seq).await,
-                        Ok(None) => {
-                            warn!("event listener lost its connection; reconnected, reading back what was missed");
-                            self.catch_up(&pool, &mut last_seq).await;
-                        }
-                        Err(e) => {
-                            error!(error = %e, "event listener failed; reconnecting");
-                            break;
-                        }
-                    },
-                    _ = shutdown.changed() => return,
+            match swept {
+                Ok(()) if sweep_failing => {
+                    info!("reading topic heads for the sweep works again");
+                    sweep_failing = false;
                 }
+                Ok(()) => {}
+                Err(e) if !sweep_failing => {
+                    warn!(error = %e, "cannot read topic heads to look for undelivered events; retrying");
+                    sweep_failing = true;
+                }
+                Err(e) => debug!(error = %e, "still cannot read topic heads"),
             }
         }
     }
@@ -378,7 +452,12 @@ impl Broker {
                 return;
             }
         };
-        let topic: Arc<str> = Arc::from(announced.topic.as_str());
+        let Some(topic) = self.watched(&announced.topic) else {
+            // Nobody here watches it: nothing to read or send. Forgetting the topic's seq means a
+            // later subscriber starts from the sweep's view of it, not from a stale one.
+            last_seq.remove(announced.topic.as_str());
+            return;
+        };
         if let Some(&last) = last_seq.get(&topic) {
             if announced.seq <= last {
                 return;
@@ -402,12 +481,41 @@ impl Broker {
         self.fan_out(&delivery);
     }
 
-    async fn catch_up(&self, pool: &PgPool, last_seq: &mut HashMap<Arc<str>, i64>) {
-        for topic in self.watched_topics() {
-            if let Some(&last) = last_seq.get(&topic) {
-                self.replay(pool, &topic, last, None, last_seq).await;
-            }
+    /// Reads back, for every watched topic, the events committed but not delivered here: with
+    /// [`Sweep::Overdue`] only if one committed by the previous sweep is still missing, with
+    /// [`Sweep::Everything`] (notifications were surely lost) whatever is missing now. A topic
+    /// nothing was delivered on yet gets its missing head event: subscribers started from the log
+    /// or a snapshot, and fill their own gaps from the seq they hold when it arrives.
+    async fn sweep(&self, pool: &PgPool, last_seq: &mut HashMap<Arc<str>, i64>, previous_heads: &mut HashMap<Arc<str>, i64>, sweep: Sweep) -> Result<(), sqlx::Error> {
+        let watched: HashSet<Arc<str>> = self.watched_topics().into_iter().collect();
+        last_seq.retain(|topic, _| watched.contains(topic));
+        if watched.is_empty() {
+            previous_heads.clear();
+            return Ok(());
         }
+        let names: Vec<&str> = watched.iter().map(|topic| &**topic).collect();
+        let rows: Vec<(String, i64)> = sqlx::query_as("SELECT topic, seq FROM topic_seqs WHERE topic = ANY($1)").bind(&names).fetch_all(pool).await?;
+        let mut heads = HashMap::with_capacity(rows.len());
+        for (name, head) in rows {
+            let Some(topic) = watched.get(name.as_str()).cloned() else { continue };
+            let due = match sweep {
+                Sweep::Everything => Some(head),
+                Sweep::Overdue => previous_heads.get(&topic).copied(),
+            };
+            heads.insert(topic.clone(), head);
+            let Some(due) = due else { continue };
+            let last = last_seq.get(&topic).copied();
+            if last.is_some_and(|last| last >= due) {
+                continue;
+            }
+            if let Some(last) = last {
+                debug!(topic = %topic, from = last + 1, to = due, "reading back events whose notification never came");
+                self.metrics.gap_fills.inc();
+            }
+            self.replay(pool, &topic, last.unwrap_or(due - 1), None, last_seq).await;
+        }
+        *previous_heads = heads;
+        Ok(())
     }
 
     async fn replay(&self, pool: &PgPool, topic: &Arc<str>, after: i64, up_to: Option<i64>, last_seq: &mut HashMap<Arc<str>, i64>) {
@@ -423,6 +531,72 @@ impl Broker {
                     last_seq.insert(topic.clone(), after);
                 }
                 Err(e) => return error!(topic = %topic, error = %e, "cannot read back missed events"),
+            }
+        }
+    }
+}
+
+/// How much a sweep reads back (see [`Broker::sweep`]).
+#[derive(Clone, Copy)]
+enum Sweep {
+    Overdue,
+    Everything,
+}
+
+/// Listens to PostgreSQL's event notifications and feeds them to the delivery loop while `wanted`
+/// says so: always without a backplane; with one, while the hub is not subscribed to Redis.
+async fn listen_for_events(pool: PgPool, feed: mpsc::Sender<Feed>, mut wanted: watch::Receiver<bool>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        while !*wanted.borrow_and_update() {
+            tokio::select! {
+                changed = wanted.changed() => if changed.is_err() { return },
+                _ = shutdown.changed() => return,
+            }
+        }
+        let mut listener = match connect_listener(&pool).await {
+            Ok(listener) => listener,
+            Err(e) => {
+                error!(error = %e, "cannot listen for events; retrying in 1 s");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    _ = shutdown.changed() => return,
+                }
+            }
+        };
+        info!(channel = EVENTS_CHANNEL, "listening for committed events");
+        // Whatever was committed while we were not listening.
+        if feed.send(Feed::CatchUp).await.is_err() {
+            return;
+        }
+        loop {
+            tokio::select! {
+                received = listener.try_recv() => match received {
+                    Ok(Some(notification)) => {
+                        if feed.send(Feed::Notification(notification.payload().to_owned())).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => {
+                        warn!("event listener lost its connection; reconnected, reading back what was missed");
+                        if feed.send(Feed::CatchUp).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        error!(error = %e, "event listener failed; reconnecting");
+                        break;
+                    }
+                },
+                changed = wanted.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    if !*wanted.borrow_and_update() {
+                        info!(channel = EVENTS_CHANNEL, "events come through the backplane again; stopped listening to PostgreSQL directly");
+                        break;
+                    }
+                }
+                _ = shutdown.changed() => return,
             }
         }
     }
@@ -472,6 +646,35 @@ mod tests {
         assert_eq!(broker.metrics.live_coalesced.get(), 4);
         broker.flush_live();
         assert!(fast.live.take().0.is_empty(), "an empty tick sends nothing");
+    }
+
+    #[test]
+    fn with_a_backplane_every_update_goes_out_and_other_hubs_updates_join_the_tick() {
+        let metrics = RealtimeMetrics::register(&prometheus::Registry::new()).unwrap();
+        let config = BackplaneConfig { redis_url: "redis://127.0.0.1:1".to_owned(), node_id: "node-a".to_owned() };
+        let broker = Broker::with_backplane(metrics, config).expect("a usable URL");
+        let backplane = broker.backplane.clone().expect("a backplane");
+        fix(&broker, "u1", 1); // nobody watches on this hub, but maybe on another
+        assert_eq!(backplane.queued_live(), 1);
+        let (map, _) = broker.connect(4);
+        broker.subscribe(&map, "t/map");
+        let from_node_b = r#"{"type":"unit.position","topic":"t/map","seq":0,"ts":"2026-11-25T10:15:00.000Z","data":{"unit":"u2","fix":7}}"#;
+        broker.publish_foreign_live("t/map", "unit.position\u{0}u2", from_node_b);
+        fix(&broker, "u1", 2);
+        broker.flush_live();
+        let (frames, _) = map.live.take();
+        assert_eq!(positions(&frames[0].frame), [("u2".to_owned(), 7), ("u1".to_owned(), 2)]);
+        assert_eq!(backplane.queued_live(), 2, "another hub's update is not sent back out");
+        assert!(!broker.backplane_healthy(), "not subscribed to Redis (the broker is not even running)");
+        assert!(Broker::new(RealtimeMetrics::register(&prometheus::Registry::new()).unwrap()).backplane_healthy(), "nothing to be unhealthy about");
+    }
+
+    #[test]
+    fn a_redis_url_that_cannot_work_is_refused_at_start() {
+        let metrics = RealtimeMetrics::register(&prometheus::Registry::new()).unwrap();
+        let config = BackplaneConfig { redis_url: "http://cache:6379".to_owned(), node_id: "node-a".to_owned() };
+        let refused = Broker::with_backplane(metrics, config).err().expect("refused");
+        assert!(refused.to_string().contains("redis_url"), "{refused}");
     }
 
     #[test]

@@ -8,6 +8,8 @@
 
 #![allow(dead_code)] // each test binary uses its own part of the harness
 
+pub mod redis;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -313,6 +315,8 @@ pub fn metric(text: &str, series: &str) -> f64 {
 pub struct Reply {
     pub status: u16,
     pub body: Value,
+    /// The hub node that served the request when the one asked forwarded it (`x-medhub-served-by`).
+    pub served_by: Option<String>,
 }
 
 impl Reply {
@@ -366,9 +370,10 @@ impl Api {
         }
         let response = request.send().await?;
         let status = response.status().as_u16();
+        let served_by = response.headers().get("x-medhub-served-by").and_then(|value| value.to_str().ok()).map(str::to_owned);
         let text = response.text().await?;
         let body = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).map_err(|e| anyhow!("non-JSON body {text:?}: {e}"))? };
-        Ok(Reply { status, body })
+        Ok(Reply { status, body, served_by })
     }
 
     pub async fn get(&self, path: &str) -> anyhow::Result<Reply> {
@@ -709,4 +714,68 @@ pub async fn run_browser_story_on(hub: &Hub, script: &str, env: &[(&str, &str)])
     let printed = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     assert!(output.status.success(), "the browser story {script} failed:\n{printed}\nhub log:\n{}", hub.logs());
     println!("{printed}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// An external MQTT broker
+
+/// The hub's own login on an external broker, as the stories configure it.
+pub const HUB_BROKER_LOGIN: medhub_device_gateway::BrokerLogin<'static> =
+    medhub_device_gateway::BrokerLogin { username: "medhub-hub", password: "hub-broker-secret" };
+
+/// Debian's mosquitto on a free loopback port, confined by the password and ACL files the hub
+/// writes into `dir`; stopped on drop.
+pub struct Mosquitto {
+    child: Child,
+    pub port: u16,
+}
+
+impl Mosquitto {
+    pub fn start(dir: &Path, files: &medhub_device_gateway::MosquittoFiles) -> Mosquitto {
+        let binary = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+            .into_iter()
+            .find(|path| Path::new(path).exists())
+            .expect("mosquitto is not installed: sudo apt-get install -y mosquitto");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut conf = format!("listener {port} 127.0.0.1\npersistence false\nlog_dest stderr\n");
+        conf.push_str(&medhub_device_gateway::mosquitto_conf(files, 65536));
+        if unsafe { libc::geteuid() } == 0 {
+            conf.push_str("user root\n"); // it would drop to `mosquitto`, who cannot read our 0600 files
+        }
+        std::fs::write(dir.join("mosquitto.conf"), conf).unwrap();
+        let child = Command::new(binary)
+            .arg("-c")
+            .arg(dir.join("mosquitto.conf"))
+            .stdout(Stdio::null())
+            .stderr(if std::env::var_os("MEDHUB_TEST_ECHO").is_some() { Stdio::inherit() } else { Stdio::null() })
+            .spawn()
+            .expect("mosquitto starts");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "mosquitto did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Mosquitto { child, port }
+    }
+
+    pub fn addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// `--mqtt-broker-url` for a hub logging in as [`HUB_BROKER_LOGIN`].
+    pub fn hub_url(&self) -> String {
+        format!("mqtt://{}:{}@127.0.0.1:{}", HUB_BROKER_LOGIN.username, HUB_BROKER_LOGIN.password, self.port)
+    }
+
+    /// Rereads the password and ACL files (SIGHUP).
+    pub fn reload(&self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGHUP) };
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -20,6 +20,8 @@ pub enum ApiError {
     /// A conflict with something identifiable: the body names it under `conflicting_appointment`.
     ConflictWith { detail: String, conflicting: serde_json::Value },
     Unavailable(String),
+    /// Another hub node serves the tenant: nothing was done here (the cluster layer forwards).
+    NotOwner(String),
     Internal(String),
 }
 
@@ -43,6 +45,7 @@ impl std::fmt::Display for ApiError {
             | ApiError::Conflict(detail)
             | ApiError::ConflictWith { detail, .. }
             | ApiError::Unavailable(detail)
+            | ApiError::NotOwner(detail)
             | ApiError::Internal(detail) => f.write_str(detail),
         }
     }
@@ -56,7 +59,7 @@ impl ResponseError for ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) | ApiError::ConflictWith { .. } => StatusCode::CONFLICT,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::NotOwner(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -69,6 +72,7 @@ impl ResponseError for ApiError {
             ApiError::NotFound(_) => ("not_found", None),
             ApiError::Conflict(_) | ApiError::ConflictWith { .. } => ("conflict", None),
             ApiError::Unavailable(_) => ("unavailable", None),
+            ApiError::NotOwner(_) => ("not_owner", None),
             ApiError::Internal(_) => ("internal", None),
         };
         let detail = match self {
@@ -83,8 +87,12 @@ impl ResponseError for ApiError {
             body["conflicting_appointment"] = conflicting.clone();
         }
         let mut response = HttpResponse::build(self.status_code());
-        if matches!(self, ApiError::Unavailable(_)) {
+        if matches!(self, ApiError::Unavailable(_) | ApiError::NotOwner(_)) {
             response.insert_header(("Retry-After", "1"));
+        }
+        if matches!(self, ApiError::NotOwner(_)) {
+            // Tells the cluster layer (see `cluster`) that it may send the request to the owner.
+            response.insert_header((crate::cluster::NOT_OWNER_HEADER, "1"));
         }
         response.json(body)
     }
@@ -114,6 +122,7 @@ impl From<ActorError> for ApiError {
             ActorError::Taken { detail, conflicting } => ApiError::ConflictWith { detail, conflicting },
             ActorError::Forbidden(detail) => ApiError::Forbidden(detail),
             ActorError::Crashed(_) | ActorError::Unavailable(_) => ApiError::Unavailable(e.to_string()),
+            ActorError::NotOwner(detail) => ApiError::NotOwner(detail),
             ActorError::Database(db) => db.into(),
         }
     }

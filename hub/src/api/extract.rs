@@ -1,6 +1,7 @@
 //! Request extractors that fail with the API's JSON errors: [`Json`] and [`Body`] (the body, naming the field
 //! at fault), [`Caller`] (a verified access token), and path/query helpers.
 
+use actix_web::HttpMessage;
 use std::future::Future;
 use std::pin::Pin;
 
@@ -124,7 +125,11 @@ impl Authenticated {
 }
 
 pub fn source_addr(req: &HttpRequest) -> Option<String> {
-    // The TCP peer, not X-Forwarded-For: a client could write anything there.
+    // The TCP peer, not X-Forwarded-For: a client could write anything there. A request another
+    // hub node forwarded (its signature checked) carries the client's address that node saw.
+    if let Some(forwarded) = req.extensions().get::<crate::cluster::ForwardedFor>() {
+        return Some(forwarded.0.clone());
+    }
     req.peer_addr().map(|addr| addr.ip().to_string())
 }
 
