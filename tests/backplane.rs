@@ -24,11 +24,7 @@ use medhub_actors::Role;
 const CONCURRENT_NURSES: usize = 8;
 
 async fn node(db: &TestDb, redis: &TestRedis, name: &str) -> Hub {
-    let options = HubOptions { data_dir: Some(db.scratch(name)), ..HubOptions::serve(db) }
-        .arg("--node-id", name)
-        .arg("--redis-url", redis.url())
-        .arg("--mqtt-listen", "127.0.0.1:0");
-    spawn_hub_with(options).await
+    spawn_hub_with(HubOptions::node(db, name).arg("--redis-url", redis.url())).await
 }
 
 /// Polls the hub's `/metrics` until `series` equals `value`; panics after `limit`.

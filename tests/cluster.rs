@@ -25,11 +25,7 @@ use uuid::Uuid;
 const LEASE_TTL_SECS: u64 = 2;
 
 async fn node(db: &TestDb, redis: &TestRedis, name: &str) -> Hub {
-    let options = HubOptions { data_dir: Some(db.scratch(name)), ..HubOptions::serve(db) }
-        .arg("--node-id", name)
-        .arg("--lease-ttl-secs", LEASE_TTL_SECS)
-        .arg("--redis-url", redis.url());
-    spawn_hub_with(options).await
+    spawn_hub_with(HubOptions::node(db, name).arg("--lease-ttl-secs", LEASE_TTL_SECS).arg("--redis-url", redis.url())).await
 }
 
 async fn three_nodes(db: &TestDb, redis: &TestRedis) -> Vec<Hub> {
@@ -58,10 +54,6 @@ fn assert_in_order_without_gap(who: &str, events: &[Value], after: i64, up_to: i
     let seqs: Vec<i64> = events.iter().map(|e| e["seq"].as_i64().expect("seq")).collect();
     let expected: Vec<i64> = ((after + 1)..=up_to).collect();
     assert_eq!(seqs, expected, "{who}: events out of order, missing or repeated");
-}
-
-async fn topic_seq(db: &TestDb, topic: &str) -> i64 {
-    sqlx::query_scalar("SELECT COALESCE((SELECT seq FROM topic_seqs WHERE topic = $1), 0)").bind(topic).fetch_one(&db.pool).await.expect("seq")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -114,7 +106,7 @@ async fn three_nodes_book_a_slot_once_and_every_subscriber_sees_every_bed_change
 
     // Two subscribers on every node; 200 concurrent bed changes through all three nodes.
     let topic = alpha.beds_topic();
-    let after = topic_seq(&db, &topic).await;
+    let after = db.topic_seq(&topic).await;
     let mut watchers = Vec::new();
     for hub in &hubs {
         for _ in 0..2 {
@@ -131,7 +123,7 @@ async fn three_nodes_book_a_slot_once_and_every_subscriber_sees_every_bed_change
     });
     let statuses = join_all(changes).await;
     assert!(statuses.iter().all(|status| *status == 200), "{statuses:?}");
-    let up_to = topic_seq(&db, &topic).await;
+    let up_to = db.topic_seq(&topic).await;
     assert_eq!(up_to - after, 200, "200 changes, 200 events");
     for (n, live) in watchers.iter_mut().enumerate() {
         let events = live.events(200).await;
@@ -197,7 +189,7 @@ async fn killing_the_owner_mid_storm_loses_nothing_acknowledged_and_another_node
     let facility = admin.create_facility("Alpha General", 12).await;
     assert_eq!(lease_owner(&db, &alpha).await, "node-1");
     let topic = alpha.beds_topic();
-    let start_seq = topic_seq(&db, &topic).await;
+    let start_seq = db.topic_seq(&topic).await;
 
     // A subscriber on each node.
     let mut watchers = Vec::new();
@@ -300,7 +292,7 @@ async fn killing_the_owner_mid_storm_loses_nothing_acknowledged_and_another_node
 
     // The subscribers on the surviving nodes saw every event in order; the one on the killed node
     // resumes on a survivor with `since` and gets exactly the rest.
-    let up_to = topic_seq(&db, &topic).await;
+    let up_to = db.topic_seq(&topic).await;
     for (n, live) in watchers.iter_mut().enumerate().skip(1) {
         let events = live.events((up_to - start_seq) as usize).await;
         assert_in_order_without_gap(&format!("subscriber on node-{}", n + 1), &events, start_seq, up_to);

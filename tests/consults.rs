@@ -449,6 +449,34 @@ async fn a_doctor_and_a_patient_then_an_interpreter_see_and_hear_each_other_thro
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patient_whose_socket_reached_another_hub_node_joins_through_the_node_that_serves_the_consult() {
+    let c = consultation().await;
+    // A second node on the same database; the first serves the tenant (it placed it).
+    let other = spawn_hub_with(HubOptions::node(&c.world.db, "node-b")).await;
+    let (doctor_id, patient_id) = (c.doctor_user, c.patient_user);
+
+    let mut doctor = MediaClient::connect(&c.world.hub, &c.doctor, "doctor", &c.topic, &[patient_id]).await;
+    assert_eq!(doctor.subscribe().await["data"]["session"]["state"], "waiting");
+    assert_eq!(doctor.join().await["type"], "joined");
+    // The load balancer sent the patient's WebSocket to the other node: it relays the signaling to
+    // the room's node, and the media flows through that node's SFU.
+    let mut patient = MediaClient::connect(&other, &c.patient, "patient", &c.topic, &[doctor_id]).await;
+    let joined = patient.join().await;
+    assert_eq!(joined["type"], "joined", "{joined}");
+    assert_eq!(joined["role"], "patient");
+    doctor.hears_and_sees(&[(patient_id, "the patient")], 25).await;
+    patient.hears_and_sees(&[(doctor_id, "the doctor")], 25).await;
+    assert_eq!(metric(&c.world.hub.metrics().await, "medhub_consult_peers"), 2.0, "both media peers are in the room's node");
+    assert_eq!(metric(&other.metrics().await, "medhub_consult_peers"), 0.0);
+
+    // Leaving through the relay: the doctor sees the patient leave.
+    patient.send(json!({"type": "leave", "topic": c.topic}));
+    assert_eq!(patient.next_of("left").await["topic"], c.topic.as_str());
+    doctor.presence(patient_id, "left").await;
+    patient.vanish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_doctor_the_patient_and_invited_guests_may_join() {
     let c = consultation().await;
     let hub = &c.world.hub;

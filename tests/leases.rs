@@ -15,22 +15,12 @@ use uuid::Uuid;
 const LEASE_TTL_SECS: u64 = 2;
 
 async fn node(db: &TestDb, name: &str) -> Hub {
-    let options = HubOptions { data_dir: Some(db.scratch(name)), ..HubOptions::serve(db) }
-        .arg("--node-id", name)
-        .arg("--lease-ttl-secs", LEASE_TTL_SECS);
-    spawn_hub_with(options).await
+    spawn_hub_with(HubOptions::node(db, name).arg("--lease-ttl-secs", LEASE_TTL_SECS)).await
 }
 
 /// (owner, token) of the tenant's lease row.
 async fn lease(db: &TestDb, tenant: Uuid) -> (String, i64) {
     sqlx::query_as("SELECT owner, token FROM tenant_leases WHERE tenant_id = $1").bind(tenant).fetch_one(&db.pool).await.expect("lease row")
-}
-
-/// How many events and audit entries the tenant has.
-async fn writes(db: &TestDb, tenant: Uuid) -> (i64, i64) {
-    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE tenant_id = $1").bind(tenant).fetch_one(&db.pool).await.expect("events");
-    let audit: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE tenant_id = $1").bind(tenant).fetch_one(&db.pool).await.expect("audit");
-    (events, audit)
 }
 
 /// The status of a bed as the event log last recorded it (the read model).

@@ -24,9 +24,7 @@ const ACCEPTED_GPS: &str = "medhub_mqtt_accepted_total{kind=\"gps\"}";
 
 /// A hub node named `name`, reading device telemetry from `broker` in the default share group.
 async fn node(db: &TestDb, broker: &Mosquitto, name: &str) -> Hub {
-    let options = HubOptions { data_dir: Some(db.scratch(name)), ..HubOptions::serve(db) }
-        .arg("--node-id", name)
-        .arg("--mqtt-broker-url", broker.hub_url());
+    let options = HubOptions { data_dir: Some(db.scratch(name)), ..HubOptions::serve(db) }.arg("--node-id", name).arg("--mqtt-broker-url", broker.hub_url());
     spawn_hub_with(options).await
 }
 

@@ -325,6 +325,36 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// The headers that sign a node-to-node request for `path` (one this node opens itself).
+    pub fn node_headers(&self, method: &str, path: &str) -> Vec<(&'static str, String)> {
+        let at = chrono::Utc::now().timestamp();
+        let method = Method::from_bytes(method.as_bytes()).unwrap_or(Method::GET);
+        vec![
+            (FORWARDED_BY, self.node_id.clone()),
+            (FORWARDED_AT, at.to_string()),
+            (FORWARDED_SIGNATURE, self.signature(&self.node_id, at, &method, path)),
+        ]
+    }
+
+    /// For the node-only endpoints: true when the request is signed by a hub node, false when it
+    /// is not signed at all; a forged or stale signature is refused (and counted).
+    pub fn accept_node_request(&self, req: &HttpRequest) -> Result<bool, ApiError> {
+        match self.verify(req) {
+            Ok(Some(_)) => {
+                self.metrics.received.inc();
+                Ok(true)
+            }
+            Ok(None) => Ok(false),
+            Err(why) => {
+                self.metrics.rejected_signatures.inc();
+                warn!(path = %req.path(), why, "refused a request with a forged or stale node signature");
+                Err(ApiError::Unauthorized(format!("invalid hub node signature: {why}")))
+            }
+        }
+    }
+}
+
 /// Where nodes hand each other device messages.
 pub const DEVICE_MESSAGES_PATH: &str = "/internal/device-messages";
 
@@ -338,13 +368,8 @@ struct ForwardedDeviceMessage {
 /// node serves. Only hub nodes may call it (signed); answered like the API (204, or an error
 /// whose status the sending node maps back for the device's verdict).
 pub async fn device_message(req: HttpRequest, body: Bytes, cluster: web::Data<Cluster>, sink: web::Data<crate::device_sink::ActorSink>) -> Result<HttpResponse, ApiError> {
-    match cluster.verify(&req) {
-        Ok(Some(_)) => cluster.metrics.received.inc(),
-        Ok(None) => return Err(ApiError::Unauthorized("only hub nodes may hand over device messages".into())),
-        Err(why) => {
-            cluster.metrics.rejected_signatures.inc();
-            return Err(ApiError::Unauthorized(format!("invalid hub node signature: {why}")));
-        }
+    if !cluster.accept_node_request(&req)? {
+        return Err(ApiError::Unauthorized("only hub nodes may hand over device messages".into()));
     }
     let forwarded: ForwardedDeviceMessage = serde_json::from_slice(&body).map_err(|e| ApiError::invalid("body", e.to_string()))?;
     sink.deliver(forwarded.from, forwarded.message).await?;

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod console;
+pub mod consult_relay;
 pub mod consult_signaling;
 pub mod device_sink;
 pub mod embedded_pg;

@@ -39,6 +39,7 @@ use crate::auth::{self, AuthService, WsAuthenticator};
 use crate::cluster::{self, Cluster};
 use crate::config::Settings;
 use crate::console;
+use crate::consult_relay::{self, ClusterSignaling};
 use crate::consult_signaling::{ConsultMetrics, ConsultRooms};
 use crate::device_sink::{ActorSink, ClusterSink};
 use crate::embedded_pg::EmbeddedPostgres;
@@ -236,19 +237,21 @@ pub async fn serve(settings: Settings, demo: bool, ready: Option<oneshot::Sender
         },
         metrics: realtime_metrics,
         shutdown: shutdown_rx,
-        signaling: Some(Arc::new(consult_rooms)),
+        signaling: Some(Arc::new(ClusterSignaling::new(consult_rooms.clone(), cluster.clone().into_inner()))),
     });
     if settings.fault_injection {
         warn!("fault injection is ENABLED: admins can crash actors on purpose; never run production like this");
     }
     let fault_injection = settings.fault_injection;
     let ready_settings = web::Data::new(ReadySettings { redis: settings.redis_url.is_some() });
+    let consult_rooms_data = web::Data::new(consult_rooms.clone());
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
             .app_data(realtime.clone())
             .app_data(devices.clone())
             .app_data(cluster.clone())
+            .app_data(consult_rooms_data.clone())
             .app_data(ready_settings.clone())
             .app_data(actor_sink.clone())
             .app_data(web::PathConfig::default().error_handler(|e, _| ApiError::invalid("path", e.to_string()).into()))
@@ -260,6 +263,7 @@ pub async fn serve(settings: Settings, demo: bool, ready: Option<oneshot::Sender
             .configure(|cfg| api::routes(cfg, fault_injection))
             .route("/ws", web::get().to(ws_endpoint))
             .route(cluster::DEVICE_MESSAGES_PATH, web::post().to(cluster::device_message))
+            .route(consult_relay::CONSULT_SIGNALING_PATH, web::get().to(consult_relay::relay_endpoint))
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))
             .route("/metrics", web::get().to(metrics))

@@ -62,6 +62,11 @@ impl TestDb {
     }
 
     /// A scratch directory for this test (hub data dirs, logs).
+    /// The last seq of `topic` (0 before its first event).
+    pub async fn topic_seq(&self, topic: &str) -> i64 {
+        sqlx::query_scalar("SELECT COALESCE((SELECT seq FROM topic_seqs WHERE topic = $1), 0)").bind(topic).fetch_one(&self.pool).await.expect("topic seq")
+    }
+
     pub fn scratch(&self, name: &str) -> PathBuf {
         let path = self.dir.path().join(name);
         std::fs::create_dir_all(&path).expect("scratch dir");
@@ -143,6 +148,12 @@ pub struct HubOptions {
 impl HubOptions {
     pub fn serve(db: &TestDb) -> HubOptions {
         HubOptions { command: "serve", args: Vec::new(), database_url: Some(db.url.clone()), data_dir: Some(db.scratch("hub")) }
+    }
+
+    /// One of several hub nodes on `db`: named `name` (its node id and scratch directory), its
+    /// embedded MQTT endpoint on any free port (nodes on one machine cannot share 1883).
+    pub fn node(db: &TestDb, name: &str) -> HubOptions {
+        HubOptions { data_dir: Some(db.scratch(name)), ..HubOptions::serve(db) }.arg("--node-id", name).arg("--mqtt-listen", "127.0.0.1:0")
     }
 
     pub fn arg(mut self, flag: &str, value: impl ToString) -> HubOptions {
