@@ -474,6 +474,20 @@ async fn a_patient_whose_socket_reached_another_hub_node_joins_through_the_node_
     assert_eq!(patient.next_of("left").await["topic"], c.topic.as_str());
     doctor.presence(patient_id, "left").await;
     patient.vanish().await;
+
+    // Joined again through node B, the patient is told when the consult's node dies, instead of
+    // waiting on a media connection that will never come back.
+    let mut patient = MediaClient::connect(&other, &c.patient, "patient", &c.topic, &[doctor_id]).await;
+    assert_eq!(patient.join().await["type"], "joined");
+    let mut c = c;
+    c.world.hub.kill9().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !patient.signal_states.lock().unwrap().iter().any(|s| s == "failed") {
+        assert!(tokio::time::Instant::now() < deadline, "the patient was not told: {:?}", patient.signal_states.lock().unwrap());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    patient.vanish().await;
+    doctor.vanish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -172,10 +172,15 @@ async fn join_remote(
 
     let pending: Pending = Arc::default();
     let (to_owner, mut outgoing) = mpsc::unbounded_channel::<Value>();
+    let left = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let leaving_flag = left.clone();
     // Writer: the participant's calls, then a close after `leave` (or when the peer is dropped).
     actix_web::rt::spawn(async move {
         while let Some(message) = outgoing.recv().await {
             let leaving = message.get("leave").is_some();
+            if leaving {
+                leaving_flag.store(true, Ordering::SeqCst);
+            }
             if sink.send(Message::text(message.to_string())).await.is_err() || leaving {
                 break;
             }
@@ -185,6 +190,7 @@ async fn join_remote(
     // Reader: answers to calls, and what the room says to the participant.
     let answers = pending.clone();
     let owner_id = owner.node_id.clone();
+    let room_topic: Arc<str> = Arc::from(topic.as_str());
     actix_web::rt::spawn(async move {
         while let Some(message) = next_json(&mut stream).await {
             if let Some(out) = message.get("out") {
@@ -202,9 +208,16 @@ async fn join_remote(
                 }
             }
         }
-        debug!(owner = %owner_id, "consult relay to the serving node ended");
         // Calls still waiting learn that the relay is gone (their senders drop here).
         answers.lock().expect("pending calls lock").clear();
+        if left.load(Ordering::SeqCst) {
+            debug!(owner = %owner_id, "consult relay to the serving node ended after leave");
+        } else {
+            // The serving node went away: the participant's media is gone with it; tell them, as
+            // the room itself would, so that the console offers to join again.
+            warn!(owner = %owner_id, topic = %room_topic, "consult relay to the serving node broke; the participant must join again");
+            let _ = outbox.send((room_topic, json!({"kind": "state", "state": "failed"}))).await;
+        }
     });
     let peer = RemotePeer { to_owner, pending, next_id: AtomicU64::new(1), owner: owner.node_id.clone() };
     Ok(JoinedRoom { peer: Box::new(peer), info })

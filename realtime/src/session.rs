@@ -219,6 +219,12 @@ async fn run_connection(realtime: Arc<Realtime>, session: Session, mut stream: a
                         debug!(?reason, "client closed");
                         Next::Close(None)
                     }
+                    Some(Err(actix_ws::ProtocolError::Io(e))) => {
+                        // The connection broke without a close frame (a phone lost its network,
+                        // a tab was killed): routine, and the client resumes with `since`.
+                        debug!(error = %e, "client connection broke without closing");
+                        Next::Close(None)
+                    }
                     Some(Err(e)) => {
                         warn!(error = %e, "websocket protocol error");
                         Next::Close(Some(CloseReason { code: CloseCode::Protocol, description: Some(e.to_string()) }))
