@@ -315,7 +315,7 @@ async fn killing_the_owner_mid_storm_loses_nothing_acknowledged_and_another_node
     // The new owner reports the takeover; the database agrees with what the hub serves.
     let owner_hub = if new_owner == "node-2" { &hubs[1] } else { &hubs[2] };
     assert_eq!(metric(&owner_hub.metrics().await, "medhub_lease_takeovers_total"), 1.0);
-    let detail = admin_via(&hubs[2], &alpha).await.get(&format!("/api/facilities/{}", facility.id)).await.expect("reply").ok();
+    let detail = hubs[2].login(&alpha, Role::Admin).await.get(&format!("/api/facilities/{}", facility.id)).await.expect("reply").ok();
     let served: BTreeMap<String, String> = detail["wards"][0]["beds"]
         .as_array()
         .expect("beds")
@@ -358,8 +358,4 @@ async fn bed_status_via(desk: &Api, facility: Uuid, bed: Uuid) -> String {
         assert!(Instant::now() < deadline, "the facility is not served again: {} {}", reply.status, reply.body);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-async fn admin_via(hub: &Hub, tenant: &Tenant) -> Api {
-    hub.login(tenant, Role::Admin).await
 }

@@ -75,6 +75,11 @@ async fn a_second_hub_forwards_to_the_node_whose_lease_is_live_and_never_takes_i
         .await
         .expect("reply");
     assert_eq!(forged.status(), 401);
+    // Nor may a client open a consult relay (only nodes relay signaling to each other).
+    let unsigned = reqwest::get(format!("{}/internal/consult-signaling", hub_a.url)).await.expect("reply");
+    assert_eq!(unsigned.status(), 401);
+    let body: serde_json::Value = unsigned.json().await.expect("a JSON error");
+    assert_eq!(body["error"], "unauthorized");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -146,7 +151,12 @@ async fn a_commit_under_a_superseded_fencing_token_is_refused_in_its_own_transac
     let config = LeaseConfig { node_id: "node-a".to_owned(), ttl: Duration::from_secs(30) };
     let node_a = LeaseNode::new(db.pool.clone(), config, LeaseMetrics::unregistered());
     let token = node_a.acquire(alpha.id, &slug).await.expect("a free lease is granted");
-    assert_eq!(medhub_actors::lease::owner_of(&db.pool, alpha.id).await.expect("owner").map(|lease| lease.owner), Some("node-a".to_owned()));
+    let live_owner: Option<String> = sqlx::query_scalar("SELECT owner FROM tenant_leases WHERE tenant_id = $1 AND expires_at > now()")
+        .bind(alpha.id)
+        .fetch_optional(&db.pool)
+        .await
+        .expect("owner");
+    assert_eq!(live_owner.as_deref(), Some("node-a"));
 
     let draft = |n: i64| EventDraft { stream: format!("test/{n}"), expected_version: 0, topic: "tenant/alpha/test".to_owned(), event_type: "test.written", data: serde_json::json!({"n": n}) };
     let mut tx = db.pool.begin().await.expect("tx");

@@ -60,16 +60,6 @@ pub struct Lease {
     pub expires_at: DateTime<Utc>,
 }
 
-/// Which node owns the tenant right now: `None` when nobody holds a live lease (the next node to
-/// start the tenant takes it). For routing a request to the owner.
-pub async fn owner_of(pool: &PgPool, tenant_id: Uuid) -> Result<Option<Lease>, sqlx::Error> {
-    let row = sqlx::query("SELECT owner, token, expires_at FROM tenant_leases WHERE tenant_id = $1 AND expires_at > now()")
-        .bind(tenant_id)
-        .fetch_optional(pool)
-        .await?;
-    Ok(row.map(|row| Lease { tenant_id, owner: row.get(0), token: row.get(1), expires_at: row.get(2) }))
-}
-
 /// Every lease row, live or not, by tenant (for operations).
 pub async fn all_leases(pool: &PgPool) -> Result<Vec<Lease>, sqlx::Error> {
     let rows = sqlx::query("SELECT tenant_id, owner, token, expires_at FROM tenant_leases ORDER BY tenant_id").fetch_all(pool).await?;

@@ -236,7 +236,6 @@ impl Cluster {
     async fn forward(&self, owner: &Owner, req: &HttpRequest, body: Bytes) -> Result<HttpResponse, ForwardError> {
         let path_and_query = req.uri().path_and_query().map_or(req.path(), |pq| pq.as_str()).to_owned();
         let method = reqwest::Method::from_bytes(req.method().as_str().as_bytes()).map_err(|e| ForwardError::NotSent(e.to_string()))?;
-        let at = chrono::Utc::now().timestamp();
         let mut outgoing = self.client.request(method, format!("{}{path_and_query}", owner.url));
         for (name, value) in req.headers() {
             if forwardable(name) {
@@ -246,11 +245,10 @@ impl Cluster {
         if let Some(addr) = crate::api::extract::source_addr(req) {
             outgoing = outgoing.header(CLIENT_ADDR, addr);
         }
-        let outgoing = outgoing
-            .header(FORWARDED_BY, &self.node_id)
-            .header(FORWARDED_AT, at.to_string())
-            .header(FORWARDED_SIGNATURE, self.signature(&self.node_id, at, req.method(), &path_and_query))
-            .body(body);
+        for (name, value) in self.node_headers(req.method(), &path_and_query) {
+            outgoing = outgoing.header(name, value);
+        }
+        let outgoing = outgoing.body(body);
         let started = Instant::now();
         let answer = outgoing.send().await.map_err(|e| {
             if e.is_connect() {
@@ -278,18 +276,12 @@ impl Cluster {
     /// returns that node's verdict: the device is acknowledged only once the owner committed.
     pub async fn deliver_remote(&self, owner: &Owner, from: &DeviceIdentity, message: &DeviceMessage) -> Result<(), ActorError> {
         let body = serde_json::to_vec(&json!({"from": from, "message": message})).map_err(|e| ActorError::Unavailable(e.to_string()))?;
-        let at = chrono::Utc::now().timestamp();
         let started = Instant::now();
-        let sent = self
-            .client
-            .post(format!("{}{DEVICE_MESSAGES_PATH}", owner.url))
-            .header("content-type", "application/json")
-            .header(FORWARDED_BY, &self.node_id)
-            .header(FORWARDED_AT, at.to_string())
-            .header(FORWARDED_SIGNATURE, self.signature(&self.node_id, at, &Method::POST, DEVICE_MESSAGES_PATH))
-            .body(body)
-            .send()
-            .await;
+        let mut request = self.client.post(format!("{}{DEVICE_MESSAGES_PATH}", owner.url)).header("content-type", "application/json");
+        for (name, value) in self.node_headers(&Method::POST, DEVICE_MESSAGES_PATH) {
+            request = request.header(name, value);
+        }
+        let sent = request.body(body).send().await;
         let answer = match sent {
             Ok(answer) => answer,
             Err(e) => {
@@ -326,14 +318,14 @@ impl Cluster {
 }
 
 impl Cluster {
-    /// The headers that sign a node-to-node request for `path` (one this node opens itself).
-    pub fn node_headers(&self, method: &str, path: &str) -> Vec<(&'static str, String)> {
+    /// The headers that sign a node-to-node request (`path_and_query` as sent): every request
+    /// this node sends to another one carries them.
+    pub fn node_headers(&self, method: &Method, path_and_query: &str) -> [(&'static str, String); 3] {
         let at = chrono::Utc::now().timestamp();
-        let method = Method::from_bytes(method.as_bytes()).unwrap_or(Method::GET);
-        vec![
+        [
             (FORWARDED_BY, self.node_id.clone()),
             (FORWARDED_AT, at.to_string()),
-            (FORWARDED_SIGNATURE, self.signature(&self.node_id, at, &method, path)),
+            (FORWARDED_SIGNATURE, self.signature(&self.node_id, at, method, path_and_query)),
         ]
     }
 

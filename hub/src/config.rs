@@ -518,5 +518,11 @@ mod tests {
         let cli = ConfigArgs { redis_url: Some(" redis://cache:6379 ".into()), ..Default::default() };
         assert_eq!(Settings::resolve(&cli).unwrap().redis_url.as_deref(), Some("redis://cache:6379"));
         assert_eq!(Settings::resolve(&ConfigArgs::default()).unwrap().redis_url, None, "no backplane unless asked for");
+        let cli = ConfigArgs { advertise_url: Some("node-2:8080".into()), ..Default::default() };
+        assert!(Settings::resolve(&cli).unwrap_err().to_string().contains("advertise_url"));
+        let cli = ConfigArgs { advertise_url: Some(" http://node-2:8080/ ".into()), ..Default::default() };
+        assert_eq!(Settings::resolve(&cli).unwrap().advertise_url.as_deref(), Some("http://node-2:8080"));
+        let cli = ConfigArgs { node_id: Some("  ".into()), ..Default::default() };
+        assert!(Settings::resolve(&cli).unwrap_err().to_string().contains("node_id"));
     }
 }

@@ -144,7 +144,7 @@ async fn join_remote(
 ) -> Result<JoinedRoom, SignalingRefusal> {
     let base = owner.url.replacen("http://", "ws://", 1).replacen("https://", "wss://", 1);
     let mut request = format!("{base}{CONSULT_SIGNALING_PATH}").into_client_request().map_err(|e| unavailable(e.to_string()))?;
-    for (name, value) in cluster.node_headers("GET", CONSULT_SIGNALING_PATH) {
+    for (name, value) in cluster.node_headers(&actix_web::http::Method::GET, CONSULT_SIGNALING_PATH) {
         let value = value.parse().map_err(|_| unavailable("unusable node signature header"))?;
         request.headers_mut().insert(name, value);
     }
